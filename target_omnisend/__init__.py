@@ -1,0 +1,1 @@
+"""target-omnisend: deliver audience segments from any Singer tap to Omnisend."""

@@ -1,0 +1,78 @@
+"""What differs between Omnisend API generations, in one place.
+
+The rest of the target speaks the 2026-03-15 dialect; an `ApiGeneration` turns that into
+the wire format of the configured generation and turns its errors back into one line.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_API_URL = "https://api.omnisend.com"
+LATEST_VERSION = "2026-03-15"
+
+
+@dataclass(frozen=True)
+class ApiGeneration:
+    """Auth, paths, ids, paging and error format of one API generation."""
+
+    name: str
+    prefix: str
+    id_field: str
+    status_date_field: str
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        if self.name == "v5":
+            return {"X-API-KEY": api_key}
+        return {"Authorization": f"Omnisend-API-Key {api_key}", "Omnisend-Version": self.name}
+
+    def contact_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Bodies are built for 2026-03-15; v5 names the status timestamp `statusDate`."""
+        if self.status_date_field == "statusChangedAt":
+            return body
+        adapted = copy.deepcopy(body)
+        for identifier in adapted.get("identifiers", []):
+            for channel in identifier.get("channels", {}).values():
+                if "statusChangedAt" in channel:
+                    channel[self.status_date_field] = channel.pop("statusChangedAt")
+        return adapted
+
+    def next_page(self, payload: dict[str, Any]) -> dict[str, str] | str | None:
+        """Query parameters (2026-03-15 cursor) or a full URL (v5) for the next page."""
+        paging = payload.get("paging") or {}
+        if self.name == "v5":
+            return paging.get("next") or None
+        cursors = paging.get("cursors") or {}
+        if paging.get("hasMore") and cursors.get("after"):
+            return {"after": cursors["after"]}
+        return None
+
+
+GENERATIONS: dict[str, ApiGeneration] = {
+    LATEST_VERSION: ApiGeneration(LATEST_VERSION, "/api", "id", "statusChangedAt"),
+    "v5": ApiGeneration("v5", "/v5", "contactID", "statusDate"),
+}
+
+
+def problem_summary(payload: Any, status: int) -> str:
+    """One line from an RFC 9457 problem or a v5 `{error, fields}` body. Field messages are
+    kept (they say what to fix); values are not echoed by Omnisend's messages."""
+    if not isinstance(payload, dict):
+        return f"HTTP {status}"
+    parts: list[str] = []
+    head = payload.get("detail") or payload.get("title") or payload.get("error")
+    if head:
+        parts.append(str(head))
+    for error in payload.get("errors") or []:
+        if isinstance(error, dict):
+            field = error.get("field")
+            message = error.get("message") or error.get("code") or "invalid"
+            parts.append(f"{field}: {message}" if field else str(message))
+    fields = payload.get("fields")
+    if isinstance(fields, dict):
+        for field, messages in fields.items():
+            text = "; ".join(map(str, messages)) if isinstance(messages, list) else str(messages)
+            parts.append(f"{field}: {text}")
+    return " — ".join(parts) if parts else f"HTTP {status}"

@@ -1,0 +1,275 @@
+"""HTTP to Omnisend: one session, auth, pacing, bounded retries, one error model.
+
+Every call goes through `OmnisendClient.call`, so pacing and retry rules cannot be
+bypassed by a new endpoint. Retrying is safe for everything we send: contact writes
+are upserts keyed by email and tag writes are set operations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from target_omnisend.api import ApiGeneration, problem_summary
+from target_omnisend.errors import AuthenticationError, DeliveryError, FatalAPIError
+from target_omnisend.privacy import redact
+from target_omnisend.ratelimit import RateLimits
+
+USER_AGENT = "target-omnisend/0.1 (+singer-sdk)"
+#: 429s are the normal shape of a rate-limited run, so they get their own, larger budget.
+MAX_RATE_LIMIT_WAITS = 120
+
+
+class RequestRefused(Exception):
+    """Omnisend answered 4xx to a well-formed request: the payload itself is the problem."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class ClientStats:
+    """What the HTTP layer did, for the run summary and the benchmark."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, status: int) -> None:
+        with self.lock:
+            self.requests += 1
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+
+
+def retry_after_seconds(response: requests.Response, payload: Any) -> float:
+    """Honour `Retry-After` if present, then the body's `retryAfter`, then the window reset."""
+    for candidate in (
+        response.headers.get("Retry-After"),
+        payload.get("retryAfter") if isinstance(payload, dict) else None,
+        response.headers.get("X-Rate-Limit-Reset"),
+    ):
+        try:
+            if candidate is not None:
+                return max(float(candidate), 0.0)
+        except (TypeError, ValueError):
+            continue
+    return 1.0
+
+
+class OmnisendClient:
+    """A thread-safe Omnisend API client for one account."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        generation: ApiGeneration,
+        limits: RateLimits,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        pool_size: int = 8,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.root = base_url.rstrip("/") + generation.prefix
+        self.generation = generation
+        self.limits = limits
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.stats = ClientStats()
+        self.logger = logger or logging.getLogger("target-omnisend.client")
+        self._api_key = api_key
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update(
+            {
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                **generation.auth_headers(api_key),
+            }
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- the one way out --------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        group: str = "default",
+        url: str | None = None,
+    ) -> Any:
+        """Send one request with pacing and retries; return its parsed JSON body.
+
+        Raises `RequestRefused` for a 4xx about the payload, `AuthenticationError` for a
+        refused key, `DeliveryError` when the retry budget is spent.
+        """
+        target = url or f"{self.root}{path}"
+        data = (
+            json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            if body is not None
+            else None
+        )
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        limiter = self.limits[group]
+        failures = 0
+        rate_limit_waits = 0
+        last_problem = "no attempt made"
+        while True:
+            limiter.acquire()
+            try:
+                response = self._session.request(
+                    method, target, params=params, data=data, headers=headers, timeout=self.timeout
+                )
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                last_problem = f"{type(exc).__name__} talking to Omnisend"
+                self.stats.count(0)
+            else:
+                self.stats.count(response.status_code)
+                limiter.observe(response.headers)
+                payload = _json_or_none(response)
+                status = response.status_code
+                if 200 <= status < 300:
+                    if payload is not None or method in {"DELETE"} or not response.content:
+                        return payload
+                    last_problem = f"HTTP {status} with a body that is not JSON"
+                elif status == 429:
+                    wait = retry_after_seconds(response, payload)
+                    limiter.pause(wait)
+                    rate_limit_waits += 1
+                    with self.stats.lock:
+                        self.stats.rate_limited += 1
+                    if rate_limit_waits > MAX_RATE_LIMIT_WAITS:
+                        raise DeliveryError(
+                            f"Omnisend kept answering 429 (rate limited) for {method} {path} "
+                            f"after {rate_limit_waits} waits; lower requests_per_minute or "
+                            "check for other integrations sharing this account"
+                        )
+                    continue
+                elif status in (401, 403):
+                    raise AuthenticationError(
+                        f"Omnisend refused the API key (HTTP {status}): "
+                        "check api_key and that it has access to contacts"
+                    )
+                elif status == 410:
+                    raise FatalAPIError(
+                        f"Omnisend retired API version {self.generation.name!r} (HTTP 410): "
+                        "set api_version to a supported version"
+                    )
+                elif status >= 500 or status in (408, 409, 425):
+                    last_problem = f"HTTP {status}: {problem_summary(payload, status)}"
+                else:
+                    raise RequestRefused(
+                        status, redact(problem_summary(payload, status), self._api_key)
+                    )
+            failures += 1
+            if failures > self.max_retries:
+                raise DeliveryError(
+                    f"Omnisend did not accept {method} {path} after {failures} attempts "
+                    f"(last: {redact(last_problem, self._api_key)})"
+                )
+            with self.stats.lock:
+                self.stats.retries += 1
+            delay = random.uniform(
+                0, min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
+            )
+            self.logger.warning(
+                "%s %s failed (%s); retry %d/%d in %.1fs",
+                method,
+                path,
+                last_problem,
+                failures,
+                self.max_retries,
+                delay,
+            )
+            time.sleep(delay)
+
+    # -- endpoints --------------------------------------------------------------------
+
+    def check_connection(self) -> None:
+        """The cheapest authenticated read: fails fast on a wrong key or a wrong URL."""
+        try:
+            self.call("GET", "/contacts", params={"limit": 1})
+        except RequestRefused as exc:
+            raise FatalAPIError(
+                f"Omnisend refused the connection check ({exc}); check api_url and api_version"
+            ) from exc
+
+    def create_batch(self, items: list[dict[str, Any]]) -> str:
+        body = {
+            "method": "POST",
+            "endpoint": "contacts",
+            "items": [self.generation.contact_body(i) for i in items],
+        }
+        payload = self.call("POST", "/batches", body=body)
+        batch_id = payload.get("batchID") if isinstance(payload, dict) else None
+        if not batch_id:
+            raise DeliveryError("Omnisend accepted a batch but returned no batchID")
+        return str(batch_id)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/batches/{batch_id}") or {}
+
+    def recent_batches(self, limit: int = 250) -> list[dict[str, Any]]:
+        """Newest contact batches in one request: one poll covers every batch in flight."""
+        payload = (
+            self.call("GET", "/batches", params={"endpoint": "contacts", "limit": limit}) or {}
+        )
+        return list(payload.get("batches") or payload.get("data") or [])
+
+    def batch_items(self, batch_id: str) -> list[dict[str, Any]]:
+        return list(self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250}))
+
+    def list_contacts(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        yield from self._pages("/contacts", "contacts", {"limit": 250, **filters})
+
+    def add_tags(self, tags: list[str], emails: list[str]) -> None:
+        self.call("POST", "/contacts/tags", body={"tags": tags, "emails": emails}, group="tags")
+
+    def remove_tags(self, tags: list[str], emails: list[str]) -> None:
+        self.call("DELETE", "/contacts/tags", body={"tags": tags, "emails": emails}, group="tags")
+
+    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        payload = self.call("GET", path, params=params) or {}
+        while True:
+            yield from payload.get(key) or []
+            following = self.generation.next_page(payload)
+            if following is None:
+                return
+            if isinstance(following, str):
+                payload = self.call("GET", path, url=following) or {}
+            else:
+                payload = self.call("GET", path, params={**params, **following}) or {}
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,348 @@
+"""The delivery engine: batches in flight while the SDK keeps reading.
+
+Senders post batches concurrently; one poller confirms them with a single list
+request for all batches in flight (polling is paid from the same rate limit as
+writes, so it is kept to a few percent of requests). A bounded number of unconfirmed
+batches gives back-pressure: memory stays flat however long the input. `wait_idle()`
+is the barrier the target calls before it emits STATE: after it returns, every item
+handed in has a final outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from target_omnisend.api import problem_summary
+from target_omnisend.client import OmnisendClient, RequestRefused
+from target_omnisend.errors import DeliveryError
+
+FINAL_BATCH_STATES = frozenset({"finished", "stopped"})
+
+
+@dataclass(slots=True)
+class Item:
+    """One contact on its way, with the source record kept for the rejected file."""
+
+    stream: str
+    email: str
+    body: dict[str, Any]
+    record: Any
+    attempts: int = 0
+
+
+class OutcomeSink(Protocol):
+    """Where final outcomes go (see `outcomes.Outcomes`)."""
+
+    def delivered_items(self, items: list[Item]) -> None: ...
+
+    def rejected_item(self, item: Item, code: str, reason: str) -> None: ...
+
+
+@dataclass
+class _Ticket:
+    """One submitted batch and everything split or re-sent from it; its slot is freed
+    when the last piece has a final outcome."""
+
+    emails: list[str]
+    open_jobs: int = 0
+
+
+@dataclass
+class _Job:
+    items: list[Item]
+    ticket: _Ticket
+    batch_id: str | None = None
+    submitted_at: float = 0.0
+    resent_after_timeout: bool = False
+
+
+@dataclass
+class EngineStats:
+    batches_sent: int = 0
+    polls: int = 0
+    items_fetches: int = 0
+    resent_items: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+class DeliveryEngine:
+    """Concurrent, bounded, confirmable delivery of contact batches."""
+
+    def __init__(
+        self,
+        client: OmnisendClient,
+        sink: OutcomeSink,
+        *,
+        max_concurrency: int = 4,
+        max_pending_batches: int = 64,
+        poll_interval: float = 0.5,
+        max_poll_interval: float = 5.0,
+        sends_per_poll: int = 30,
+        batch_timeout: float = 900.0,
+        max_item_attempts: int = 3,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.client = client
+        self.sink = sink
+        self.logger = logger or logging.getLogger("target-omnisend.delivery")
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.sends_per_poll = sends_per_poll
+        self.batch_timeout = batch_timeout
+        self.max_item_attempts = max_item_attempts
+        self.stats = EngineStats()
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="omnisend-send")
+        self._slots = threading.Semaphore(max_pending_batches)
+        self._cond = threading.Condition()
+        self._tracked: dict[str, _Job] = {}
+        self._open_jobs = 0
+        self._sends_since_poll = 0
+        self._waiters = 0
+        self._inflight_emails: Counter[str] = Counter()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._poller = threading.Thread(target=self._poll_loop, name="omnisend-poll", daemon=True)
+        self._poller.start()
+
+    # -- public -----------------------------------------------------------------------
+
+    def submit(self, items: list[Item]) -> None:
+        """Hand over one batch (≤ 100 items). Blocks while too many are unconfirmed."""
+        if not items:
+            return
+        self.raise_if_failed()
+        emails = [item.email for item in items]
+        with self._cond:
+            clash = any(self._inflight_emails[e] for e in emails)
+        if clash:
+            # The same contact is still in an unconfirmed batch: Omnisend may apply
+            # batches in any order, so the newer data waits for the older write.
+            self.wait_idle()
+        while not self._slots.acquire(timeout=0.5):
+            self.raise_if_failed()
+            self._nudge()
+        ticket = _Ticket(emails=emails)
+        with self._cond:
+            self._inflight_emails.update(emails)
+        self._start(_Job(items=items, ticket=ticket))
+
+    def wait_idle(self) -> None:
+        """Barrier: return once every submitted item has a final outcome."""
+        with self._cond:
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                while self._open_jobs and self._error is None:
+                    self._cond.wait(timeout=0.5)
+            finally:
+                self._waiters -= 1
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._pool.shutdown(wait=self._error is None, cancel_futures=self._error is not None)
+        self._poller.join(timeout=5)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _start(self, job: _Job) -> None:
+        with self._cond:
+            self._open_jobs += 1
+            job.ticket.open_jobs += 1
+        self._pool.submit(self._guarded, self._send, job)
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # any failure must stop the run
+            self._fail(exc)
+
+    def _send(self, job: _Job) -> None:
+        if self._error is not None:
+            return
+        try:
+            batch_id = self.client.create_batch([item.body for item in job.items])
+        except RequestRefused as exc:
+            self._refused(job, exc)
+            return
+        with self._cond:
+            self.stats.batches_sent += 1
+            self._sends_since_poll += 1
+            job.batch_id = batch_id
+            job.submitted_at = time.monotonic()
+            self._tracked[batch_id] = job
+            self._cond.notify_all()
+
+    def _refused(self, job: _Job, exc: RequestRefused) -> None:
+        """A batch refused as a whole must not take its good items down with it: split
+        until the refusal names single items, which are rejected with the reason."""
+        if len(job.items) == 1:
+            self._reject(job.items[0], "refused_by_omnisend", exc.reason)
+        else:
+            middle = len(job.items) // 2
+            for part in (job.items[:middle], job.items[middle:]):
+                self._start(_Job(items=part, ticket=job.ticket))
+        self._finish(job)
+
+    # -- confirming -------------------------------------------------------------------
+
+    def _nudge(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _poll_due(self, last_poll: float) -> bool:
+        elapsed = time.monotonic() - last_poll
+        if elapsed < self.poll_interval:
+            return False
+        return bool(
+            self._waiters
+            or self._sends_since_poll >= self.sends_per_poll
+            or elapsed >= self.max_poll_interval
+        )
+
+    def _poll_loop(self) -> None:
+        last_poll = 0.0
+        while True:
+            with self._cond:
+                while not self._closed and not (self._tracked and self._poll_due(last_poll)):
+                    self._cond.wait(timeout=self.poll_interval / 2)
+                if self._closed and not self._tracked:
+                    return
+                if self._error is not None:
+                    return
+                self._sends_since_poll = 0
+            last_poll = time.monotonic()
+            try:
+                self._poll_once()
+            except BaseException as exc:  # any failure must stop the run
+                self._fail(exc)
+                return
+
+    def _poll_once(self) -> None:
+        with self._cond:
+            tracked = dict(self._tracked)
+        self.stats.polls += 1
+        listed = {str(b.get("batchID")): b for b in self.client.recent_batches()}
+        now = time.monotonic()
+        for batch_id, job in tracked.items():
+            batch = listed.get(batch_id)
+            if batch is None and now - job.submitted_at > self.max_poll_interval:
+                # Older than the newest page (other tools share the account): ask directly.
+                batch = self.client.get_batch(batch_id)
+            if batch is not None and batch.get("status") in FINAL_BATCH_STATES:
+                with self._cond:
+                    self._tracked.pop(batch_id, None)
+                self._settle(job, batch)
+            elif now - job.submitted_at > self.batch_timeout:
+                self._timed_out(job)
+
+    def _timed_out(self, job: _Job) -> None:
+        with self._cond:
+            self._tracked.pop(job.batch_id or "", None)
+        if job.resent_after_timeout:
+            raise DeliveryError(
+                f"Omnisend has not finished batch {job.batch_id} after "
+                f"{self.batch_timeout:.0f}s, even after re-sending it; try again later"
+            )
+        self.logger.warning(
+            "Batch %s unfinished after %.0fs; re-sending its %d contacts",
+            job.batch_id,
+            self.batch_timeout,
+            len(job.items),
+        )
+        self._start(_Job(items=job.items, ticket=job.ticket, resent_after_timeout=True))
+        self._finish(job)
+
+    def _settle(self, job: _Job, batch: dict[str, Any]) -> None:
+        """Turn a final batch into per-item outcomes; unfinished items go out again."""
+        errors = int(batch.get("errorsCount") or 0)
+        if batch.get("status") == "finished" and errors == 0:
+            self.sink.delivered_items(job.items)
+            self._finish(job)
+            return
+        self.stats.items_fetches += 1
+        results = self._item_results(job)
+        delivered: list[Item] = []
+        retry: list[Item] = []
+        for item in job.items:
+            code, response = results.get(item.email, (None, None))
+            if code is not None and 200 <= code < 300:
+                delivered.append(item)
+            elif code is not None and 400 <= code < 500 and code != 429:
+                self._reject(item, "refused_by_omnisend", problem_summary(response, code))
+            else:
+                item.attempts += 1
+                if item.attempts >= self.max_item_attempts:
+                    why = f"HTTP {code}" if code else f"batch {batch.get('status')}"
+                    self._reject(
+                        item,
+                        "delivery_failed",
+                        f"Omnisend did not process it in {item.attempts} attempts ({why})",
+                    )
+                else:
+                    retry.append(item)
+        if delivered:
+            self.sink.delivered_items(delivered)
+        if retry:
+            self.stats.resent_items += len(retry)
+            self._start(_Job(items=retry, ticket=job.ticket))
+        self._finish(job)
+
+    def _item_results(self, job: _Job) -> dict[str, tuple[int | None, Any]]:
+        """Match per-item results to our items by the email in each item's request,
+        falling back to position when the request is not echoed."""
+        results: dict[str, tuple[int | None, Any]] = {}
+        items = self.client.batch_items(job.batch_id or "")
+        for position, entry in enumerate(items):
+            email = _request_email(entry.get("request"))
+            if email is None and position < len(job.items):
+                email = job.items[position].email
+            code = entry.get("responseCode")
+            results[email or ""] = (int(code) if code else None, entry.get("response"))
+        return results
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _reject(self, item: Item, code: str, reason: str) -> None:
+        self.sink.rejected_item(item, code, reason)
+
+    def _finish(self, job: _Job) -> None:
+        with self._cond:
+            self._open_jobs -= 1
+            job.ticket.open_jobs -= 1
+            ticket_done = job.ticket.open_jobs == 0
+            if ticket_done:
+                for email in job.ticket.emails:
+                    self._inflight_emails[email] -= 1
+                    if self._inflight_emails[email] <= 0:
+                        del self._inflight_emails[email]
+            self._cond.notify_all()
+        if ticket_done:
+            self._slots.release()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+
+
+def _request_email(request: Any) -> str | None:
+    if not isinstance(request, dict):
+        return None
+    for identifier in request.get("identifiers") or []:
+        if isinstance(identifier, dict) and identifier.get("type") == "email":
+            return str(identifier.get("id"))
+    return None

@@ -1,0 +1,33 @@
+"""Error types, built on the SDK's own exceptions so the SDK and users see familiar types.
+
+Every error that ends a run carries a one-line message that says what to do; the
+CLI prints exactly that line (never a traceback) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, RetriableAPIError
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "DeliveryError",
+    "FatalAPIError",
+    "RetriableAPIError",
+]
+
+
+class ConfigError(ConfigValidationError):
+    """The configuration cannot work; raised before any input is read."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, errors=[message])
+
+
+class AuthenticationError(FatalAPIError):
+    """Omnisend refused the API key (401/403): retrying cannot help."""
+
+
+class DeliveryError(FatalAPIError):
+    """Omnisend stayed unavailable beyond the retry budget; the run must stop without
+    advancing STATE so that a re-run resumes from the last delivered record."""

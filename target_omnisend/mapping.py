@@ -1,0 +1,310 @@
+"""Record -> Omnisend contact body, as pure functions.
+
+Nothing here does I/O or keeps state, so every rule (email normalisation, omitted
+empties, country codes, dates, consent) is testable with a dict in and a dict out.
+The body is built in the 2026-03-15 shape; `api.py` adapts it to older generations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from target_omnisend.countries import ISO_ALPHA2
+
+#: Omnisend attribute (config name) -> contact body field.
+STANDARD_ATTRIBUTES: dict[str, str] = {
+    "first_name": "firstName",
+    "last_name": "lastName",
+    "address": "address",
+    "city": "city",
+    "state": "state",
+    "postal_code": "postalCode",
+    "country": "country",
+    "country_code": "countryCode",
+    "phone": "phone",
+    "birthdate": "birthdate",
+    "gender": "gender",
+}
+EMAIL_STATUSES: tuple[str, ...] = ("subscribed", "unsubscribed", "nonSubscribed")
+
+#: Omnisend keeps the email status with the latest `statusChangedAt`. The default
+#: status for new contacts is sent with this old date so that it lands on contacts
+#: the export creates but never overrides the status an existing contact already has.
+NEW_CONTACT_STATUS_DATE = "2000-01-01T00:00:00Z"
+
+_EMAIL_LOCAL = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
+_PHONE_JUNK = re.compile(r"[\s().\-/]")
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_GENDERS = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
+_STATUS_ALIASES = {s.lower(): s for s in EMAIL_STATUSES} | {
+    "non_subscribed": "nonSubscribed",
+    "nonsubscribed": "nonSubscribed",
+    "not_subscribed": "nonSubscribed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A record that maps to a valid Omnisend contact."""
+
+    email: str
+    body: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that cannot become a contact; `reason` never quotes the email itself."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """The part of the target's settings that decides what a contact looks like."""
+
+    email_field: str = "email"
+    field_mapping: Mapping[str, str] = field(default_factory=dict)
+    custom_properties: Mapping[str, str] = field(default_factory=dict)
+    email_status: str = "nonSubscribed"
+    status_field: str | None = None
+    status_timestamp_field: str | None = None
+    send_welcome_message: bool = False
+    #: Used as `statusChangedAt` for an explicit per-record status without a date.
+    run_started_at: str = NEW_CONTACT_STATUS_DATE
+
+    def source_field(self, attribute: str) -> str:
+        """Each attribute defaults to the source field of the same name."""
+        return self.field_mapping.get(attribute, attribute)
+
+
+def get_path(record: Mapping[str, Any], path: str) -> Any:
+    """Read `a.b.c` from nested objects; a literal key containing dots wins."""
+    if path in record:
+        return record[path]
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def normalize_email(value: Any) -> str | Rejection:
+    """Trim and lower-case: Omnisend treats emails as case-sensitive identifiers, so
+    `Jane@X.com` and `jane@x.com` would otherwise become two contacts."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Rejection("missing_email", "email is missing or empty")
+    if not isinstance(value, str):
+        return Rejection("invalid_email", f"email is a {type(value).__name__}, not a string")
+    email = value.strip().lower()
+    why = _email_problem(email)
+    if why:
+        return Rejection("invalid_email", f"invalid email: {why}")
+    local, _, domain = email.rpartition("@")
+    if not domain.isascii():
+        email = f"{local}@{domain.encode('idna').decode('ascii')}"
+    return email
+
+
+def _email_problem(email: str) -> str | None:
+    if len(email) > 254:
+        return "longer than 254 characters"
+    if email.count("@") != 1:
+        return "must contain exactly one @"
+    local, _, domain = email.partition("@")
+    if not local or len(local) > 64 or not _EMAIL_LOCAL.match(local):
+        return "the part before @ is not a valid mailbox name"
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return "the domain is not a valid internationalised name"
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels):
+        return "the domain is not a valid host name"
+    if not _TLD.match(labels[-1]):
+        return "the domain has no valid top-level domain"
+    return None
+
+
+def _text(value: Any) -> str | None:
+    """Scalars become trimmed strings; empties and containers become None (omitted)."""
+    if value is None or isinstance(value, (dict, list, tuple, set)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def normalize_birthdate(value: Any) -> str | None:
+    """Omnisend wants YYYY-MM-DD; the SDK may already have parsed it to a datetime."""
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    text = _text(value)
+    if text is None:
+        return None
+    candidate = text[:10].replace("/", "-").replace(".", "-")
+    try:
+        parsed = dt.date.fromisoformat(candidate)
+    except ValueError:
+        return None
+    if len(text) > 10 and text[10] not in "T ":
+        return None
+    return parsed.isoformat()
+
+
+def normalize_phone(value: Any) -> str | None:
+    """E.164 only: without a country prefix the number is ambiguous, so it is dropped."""
+    text = _text(value)
+    if text is None:
+        return None
+    text = _PHONE_JUNK.sub("", text)
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    return text if _E164.match(text) else None
+
+
+def normalize_status(value: Any) -> str | None:
+    text = _text(value)
+    return _STATUS_ALIASES.get(text.lower()) if text else None
+
+
+def _timestamp(value: Any) -> str | None:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        return _timestamp(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def _custom_value(value: Any) -> Any:
+    """Custom properties keep their JSON type; anything richer becomes a string."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, bool | int) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # NaN/inf are not JSON
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.datetime):
+        return _timestamp(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        items = [_custom_value(v) for v in value]
+        return [v for v in items if v is not None] or None
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Rejection:
+    """Map one source record to an Omnisend contact body, or say why it cannot be one.
+
+    Empty strings and nulls are omitted rather than sent (Omnisend would store `""`
+    over a good value). The body never has `tags`: on a contact write they replace
+    every tag the contact has, including those set by other tools.
+    """
+    email = normalize_email(get_path(record, config.email_field))
+    if isinstance(email, Rejection):
+        return email
+    warnings: list[str] = []
+    body: dict[str, Any] = {}
+
+    for attribute, body_field in STANDARD_ATTRIBUTES.items():
+        if attribute == "phone":
+            continue
+        raw = get_path(record, config.source_field(attribute))
+        if raw is None or raw == "":
+            continue
+        if attribute == "birthdate":
+            value = normalize_birthdate(raw)
+        elif attribute == "country_code":
+            value = _text(raw)
+            value = value.upper() if value and value.upper() in ISO_ALPHA2 else None
+        elif attribute == "gender":
+            value = _GENDERS.get((_text(raw) or "").lower())
+        else:
+            value = _text(raw)
+        if value is None:
+            warnings.append(f"{attribute} has an unusable value: dropped")
+            continue
+        body[body_field] = value
+
+    identifier: dict[str, Any] = {
+        "type": "email",
+        "id": email,
+        "channels": {"email": _email_channel(record, config, warnings)},
+        "sendWelcomeMessage": config.send_welcome_message,
+    }
+    identifiers = [identifier]
+    raw_phone = get_path(record, config.source_field("phone"))
+    if raw_phone not in (None, ""):
+        phone = normalize_phone(raw_phone)
+        if phone is None:
+            warnings.append("phone is not an international (E.164) number: dropped")
+        else:
+            identifiers.append(
+                {
+                    "type": "phone",
+                    "id": phone,
+                    "channels": {
+                        "sms": {
+                            "status": "nonSubscribed",
+                            "statusChangedAt": NEW_CONTACT_STATUS_DATE,
+                        }
+                    },
+                    "sendWelcomeMessage": False,
+                }
+            )
+
+    custom: dict[str, Any] = {}
+    for name, source in config.custom_properties.items():
+        value = _custom_value(get_path(record, source))
+        if value is not None:
+            custom[name] = value
+
+    contact: dict[str, Any] = {"identifiers": identifiers, **body}
+    if custom:
+        contact["customProperties"] = custom
+    return Contact(email=email, body=contact, warnings=tuple(warnings))
+
+
+def _email_channel(
+    record: Mapping[str, Any], config: MappingConfig, warnings: list[str]
+) -> dict[str, str]:
+    """An explicit per-record status is dated (its own date, else the run's start) so it
+    wins over older changes; without one, the default status is dated far in the past so
+    that it only ever applies to contacts this export creates."""
+    if config.status_field:
+        raw = get_path(record, config.status_field)
+        status = normalize_status(raw)
+        if status:
+            changed = None
+            if config.status_timestamp_field:
+                changed = _timestamp(get_path(record, config.status_timestamp_field))
+            return {"status": status, "statusChangedAt": changed or config.run_started_at}
+        if raw not in (None, ""):
+            warnings.append("status is not subscribed/unsubscribed/nonSubscribed: default used")
+    return {"status": config.email_status, "statusChangedAt": NEW_CONTACT_STATUS_DATE}

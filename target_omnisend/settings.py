@@ -1,0 +1,129 @@
+"""Cross-checks the JSON schema cannot express, turned into typed settings.
+
+Each problem becomes one line that says what to fix; they are raised before any
+input is read, so a bad config never half-delivers a segment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from target_omnisend.api import DEFAULT_API_URL, GENERATIONS, ApiGeneration
+from target_omnisend.errors import ConfigError
+from target_omnisend.mapping import EMAIL_STATUSES, STANDARD_ATTRIBUTES, MappingConfig
+
+MAX_BATCH_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str
+    api_url: str
+    generation: ApiGeneration
+    mapping: MappingConfig
+    batch_size: int
+    max_concurrency: int
+    max_pending_batches: int
+    requests_per_minute: float
+    tags_requests_per_minute: float
+    request_timeout: float
+    max_retries: int
+    batch_poll_interval: float
+    batch_timeout: float
+    rejected_records_path: str | None
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_url(url: str) -> str:
+    """Profiles and the key travel in these requests: plain http only to this machine."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ConfigError(f"api_url must be an https:// URL (got {url!r})")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(
+            "api_url uses plain http:// to a non-loopback host; use https:// "
+            "(http is accepted only for 127.0.0.1/localhost test servers)"
+        )
+    root = url.rstrip("/")
+    for generation in GENERATIONS.values():
+        if root.endswith(generation.prefix):
+            root = root[: -len(generation.prefix)]
+    return root
+
+
+def _number(config: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key} must be a number from {low:g} to {high:g} (got {value!r})")
+    return value
+
+
+def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
+    api_key = config.get("api_key")
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ConfigError("api_key is missing: set it in config or TARGET_OMNISEND_API_KEY")
+    version = config.get("api_version") or next(iter(GENERATIONS))
+    if version not in GENERATIONS:
+        raise ConfigError(f"api_version must be one of {', '.join(GENERATIONS)} (got {version!r})")
+
+    field_mapping = dict(config.get("field_mapping") or {})
+    unknown = sorted(set(field_mapping) - set(STANDARD_ATTRIBUTES))
+    if unknown:
+        raise ConfigError(
+            f"field_mapping has unknown Omnisend attribute(s) {', '.join(unknown)}; "
+            f"use {', '.join(STANDARD_ATTRIBUTES)} (put other fields in custom_properties)"
+        )
+    for name, source in {**field_mapping, **dict(config.get("custom_properties") or {})}.items():
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"mapping for {name!r} must name a source field (got {source!r})")
+    email_status = config.get("email_status") or "nonSubscribed"
+    if email_status not in EMAIL_STATUSES:
+        raise ConfigError(
+            f"email_status must be one of {', '.join(EMAIL_STATUSES)} (got {email_status!r})"
+        )
+    email_field = config.get("email_field") or "email"
+
+    batch_size = int(_number(config, "batch_size", MAX_BATCH_SIZE, 1, MAX_BATCH_SIZE))
+    started = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    mapping = MappingConfig(
+        email_field=email_field,
+        field_mapping=field_mapping,
+        custom_properties=dict(config.get("custom_properties") or {}),
+        email_status=email_status,
+        status_field=config.get("status_field") or None,
+        status_timestamp_field=config.get("status_timestamp_field") or None,
+        send_welcome_message=bool(config.get("send_welcome_message", False)),
+        run_started_at=started,
+    )
+    max_concurrency = int(_number(config, "max_concurrency", 4, 1, 32))
+    return Settings(
+        api_key=api_key.strip(),
+        api_url=check_api_url(config.get("api_url") or DEFAULT_API_URL),
+        generation=GENERATIONS[version],
+        mapping=mapping,
+        batch_size=batch_size,
+        max_concurrency=max_concurrency,
+        max_pending_batches=int(_number(config, "max_pending_batches", 64, 1, 1000)),
+        requests_per_minute=_number(config, "requests_per_minute", 400, 1, 10_000_000),
+        tags_requests_per_minute=_number(config, "tags_requests_per_minute", 60, 1, 10_000_000),
+        request_timeout=_number(config, "request_timeout", 10.0, 0.1, 600),
+        max_retries=int(_number(config, "max_retries", 5, 0, 100)),
+        batch_poll_interval=_number(config, "batch_poll_interval", 0.5, 0.01, 60),
+        batch_timeout=_number(config, "batch_timeout", 900.0, 1, 86_400),
+        rejected_records_path=config.get("rejected_records_path", "rejected_records.jsonl") or None,
+    )

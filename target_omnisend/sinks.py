@@ -1,0 +1,73 @@
+"""One sink per stream: a stream is one segment.
+
+Records are validated and mapped as they arrive (so rejections are immediate and
+cheap), buffered per email (a later duplicate replaces the earlier one), and handed to
+the delivery engine in Omnisend-sized batches when the SDK drains the sink.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from singer_sdk.helpers._typing import DatetimeErrorTreatmentEnum
+from singer_sdk.sinks import BatchSink
+
+from target_omnisend.delivery import Item
+from target_omnisend.mapping import Rejection, to_contact
+from target_omnisend.validation import CapturingValidator
+
+if TYPE_CHECKING:
+    from target_omnisend.target import TargetOmnisend
+
+
+class ContactsSink(BatchSink):
+    """Maps a segment's records to Omnisend contacts and hands them to delivery."""
+
+    #: Records per SDK drain; each drain becomes ceil(n / batch_size) Omnisend batches.
+    #: (`MAX_SIZE_DEFAULT`, not `max_size`, so the user's `batch_size_rows` still wins.)
+    MAX_SIZE_DEFAULT = 1000
+
+    def __init__(self, target: TargetOmnisend, *args: Any, **kwargs: Any) -> None:
+        self._omnisend = target
+        super().__init__(target, *args, **kwargs)
+
+    @property
+    def datetime_error_treatment(self) -> DatetimeErrorTreatmentEnum:
+        """A malformed date in one profile must not stop a segment export: it becomes
+        null and the attribute is omitted."""
+        return DatetimeErrorTreatmentEnum.NULL
+
+    def get_validator(self) -> CapturingValidator | None:
+        return CapturingValidator(self.schema) if self.validate_schema else None
+
+    def process_record(self, record: dict, context: dict) -> None:
+        outcomes = self._omnisend.outcomes
+        outcomes.received(self.stream_name)
+        error = (
+            self._validator.take_error()
+            if isinstance(self._validator, CapturingValidator)
+            else None
+        )
+        if error:
+            outcomes.rejected(self.stream_name, record, "schema_invalid", error)
+            return
+        result = to_contact(record, self._omnisend.settings.mapping)
+        if isinstance(result, Rejection):
+            outcomes.rejected(self.stream_name, record, result.code, result.reason)
+            return
+        for warning in result.warnings:
+            outcomes.warned(self.stream_name, warning)
+        pending: dict[str, Item] = context.setdefault("items", {})
+        if pending.pop(result.email, None) is not None:
+            # Deterministic merge: the later record of the same contact wins.
+            outcomes.merged(self.stream_name)
+            self.tally_duplicate_merged()
+        pending[result.email] = Item(self.stream_name, result.email, result.body, record)
+
+    def process_batch(self, context: dict) -> None:
+        """Hand the drained records over in Omnisend-sized batches; confirmation happens
+        in the background and the target waits for it before emitting STATE."""
+        items = list(context.get("items", {}).values())
+        size = self._omnisend.settings.batch_size
+        for start in range(0, len(items), size):
+            self._omnisend.engine.submit(items[start : start + size])
