@@ -52,9 +52,9 @@ class WindowLimiter:
                 if self._remaining > 0:
                     self._remaining -= 1
                     return
-                wait = self._window_end - now
-                self.waited_seconds += wait
-                self._cond.wait(timeout=wait)
+                # Short waits: a header or a window change may free budget sooner.
+                self._cond.wait(timeout=min(self._window_end - now, 0.25))
+                self.waited_seconds += self._clock() - now
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Adopt the server's view of the window: its limit (never above ours), its
