@@ -1,0 +1,237 @@
+"""Throughput and memory of target-omnisend against the SDK's own floor.
+
+Prints, per size: records/s of (a) a null SDK target with the same validator,
+(b) target-omnisend against the local server with no latency and no rate limit, the
+ratio (b)/(a), and peak RSS of each. With --rate-limited it also runs (c) against
+400 requests/minute with 50-150 ms latency and compares its wall time with the
+rate-limit floor (requests needed / limit). Not a test: run it on a quiet machine.
+
+    python benchmarks/bench.py                    # 10k and 100k, (a) and (b)
+    python benchmarks/bench.py --sizes 10000,100000,1000000 --rate-limited 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+OUT = REPO / "benchmarks" / "out"
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "customer_id": {"type": ["string"]},
+        "email": {"type": ["string", "null"]},
+        "first_name": {"type": ["string", "null"]},
+        "last_name": {"type": ["string", "null"]},
+        "address": {"type": ["string", "null"]},
+        "city": {"type": ["string", "null"]},
+        "postal_code": {"type": ["string", "null"]},
+        "country": {"type": ["string", "null"]},
+        "country_code": {"type": ["string", "null"]},
+        "birthdate": {"type": ["string", "null"]},
+        "lifetime_value": {"type": ["number", "null"]},
+        "loyalty_tier": {"type": ["string", "null"]},
+        "updated_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+
+def generate(path: Path, count: int, seed: int = 7) -> None:
+    """N distinct profiles as Singer messages, with a STATE every 10k records."""
+    rng = random.Random(seed)
+    firsts = ["Anna", "Jonas", "Zoë", "José", "美咲", "Дмитрий", "محمد", "Liam", "Emma", "Noah"]
+    lasts = ["Smith", "Müller", "García", "Rossi", "Kowalski", "כהן", "Okafor", "Patel"]
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(
+            json.dumps(
+                {
+                    "type": "SCHEMA",
+                    "stream": "segment",
+                    "schema": SCHEMA,
+                    "key_properties": ["customer_id"],
+                }
+            )
+            + "\n"
+        )
+        for n in range(count):
+            record = {
+                "customer_id": f"C{n}",
+                "email": f"customer{n}@example.com",
+                "first_name": rng.choice(firsts),
+                "last_name": rng.choice(lasts),
+                "address": f"{rng.randint(1, 999)} Main St",
+                "city": "Vilnius",
+                "postal_code": f"{rng.randint(10000, 99999)}",
+                "country": "Lithuania",
+                "country_code": "LT",
+                "birthdate": f"19{rng.randint(50, 99)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+                "lifetime_value": round(rng.uniform(10, 9000), 2),
+                "loyalty_tier": rng.choice(["gold", "platinum"]),
+                "updated_at": "2026-11-01T10:00:00Z",
+            }
+            fh.write(
+                json.dumps(
+                    {"type": "RECORD", "stream": "segment", "record": record}, ensure_ascii=False
+                )
+                + "\n"
+            )
+            if (n + 1) % 10_000 == 0:
+                fh.write(json.dumps({"type": "STATE", "value": {"n": n + 1}}) + "\n")
+
+
+@dataclass
+class Measure:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stderr: str
+
+
+def measure(command: list[str], input_path: Path, env: dict[str, str] | None = None) -> Measure:
+    """Run one process with the input on stdin; wall time and its own peak RSS."""
+    with input_path.open("rb") as stdin, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            command,
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+            cwd=OUT,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    return Measure(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), stderr)
+
+
+class ServerProcess:
+    """The local Omnisend-compatible server in its own process, as Omnisend would be."""
+
+    def __init__(self, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.omnisend_server",
+                "--port",
+                "0",
+                "--api-key",
+                "bench",
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        self.url = line.split("=", 1)[1]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def run_target(input_path: Path, server: ServerProcess, **config: object) -> Measure:
+    cfg = {
+        "api_key": "bench",
+        "api_url": server.url,
+        "rejected_records_path": str(OUT / "rejected.jsonl"),
+        **config,
+    }
+    cfg_path = OUT / "bench-config.json"
+    cfg_path.write_text(json.dumps(cfg))
+    return measure([str(BIN / "target-omnisend"), "--config", str(cfg_path)], input_path)
+
+
+def summary_counts(stderr: str) -> str:
+    match = re.search(r"received=\d+ delivered=\d+ rejected=\d+", stderr)
+    run = re.search(
+        r"\d+ requests \(\d+ retries, \d+ rate-limited\), \d+ batches, \d+ polls", stderr
+    )
+    return f"{match.group(0) if match else '?'}; {run.group(0) if run else '?'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument(
+        "--rate-limited",
+        type=int,
+        default=0,
+        help="also run (c) with this many records at 400 req/min",
+    )
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO))
+
+    print(
+        f"{'records':>9} {'null rec/s':>11} {'omnisend rec/s':>15} {'ratio':>6} "
+        f"{'null RSS':>9} {'omnisend RSS':>13}  outcome"
+    )
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        input_path = OUT / f"segment-{size}.singer"
+        if not input_path.exists():
+            generate(input_path, size)
+        floor = measure(
+            [sys.executable, str(REPO / "benchmarks" / "null_target.py")],
+            input_path,
+            env={"PYTHONPATH": str(REPO)},
+        )
+        server = ServerProcess()
+        try:
+            ours = run_target(
+                input_path,
+                server,
+                requests_per_minute=10_000_000,
+                max_concurrency=args.concurrency,
+                batch_poll_interval=0.05,
+            )
+        finally:
+            server.stop()
+        if floor.returncode or ours.returncode:
+            print(floor.stderr[-2000:], ours.stderr[-2000:], file=sys.stderr)
+        print(
+            f"{size:>9} {size / floor.seconds:>11,.0f} {size / ours.seconds:>15,.0f} "
+            f"{floor.seconds / ours.seconds:>6.2f} {floor.peak_rss_mb:>7.0f}MB "
+            f"{ours.peak_rss_mb:>11.0f}MB  {summary_counts(ours.stderr)}",
+            flush=True,
+        )
+
+    if args.rate_limited:
+        size = args.rate_limited
+        input_path = OUT / f"segment-{size}.singer"
+        if not input_path.exists():
+            generate(input_path, size)
+        server = ServerProcess("--rpm", "400", "--latency", "0.05,0.15", "--batch-delay", "0.2")
+        try:
+            ours = run_target(input_path, server, max_concurrency=args.concurrency)
+        finally:
+            server.stop()
+        batches = -(-size // 100)
+        floor_s = batches / 400 * 60
+        print(
+            f"\n(c) {size:,} records, 400 req/min, 50-150 ms: {ours.seconds / 60:.1f} min "
+            f"vs rate-limit floor {floor_s / 60:.1f} min ({batches:,} batch writes / 400 per min) "
+            f"= {ours.seconds / floor_s:.2f}x floor; peak RSS {ours.peak_rss_mb:.0f} MB; "
+            f"{summary_counts(ours.stderr)}; exit {ours.returncode}"
+        )
+
+
+if __name__ == "__main__":
+    main()

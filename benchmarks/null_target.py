@@ -1,0 +1,30 @@
+"""The floor: an SDK target that reads, validates (with the same validator as
+target-omnisend) and discards. target-omnisend cannot be faster than this."""
+
+from __future__ import annotations
+
+from singer_sdk import typing as th
+from singer_sdk.sinks import BatchSink
+from singer_sdk.target_base import Target
+
+from target_omnisend.validation import CapturingValidator
+
+
+class NullSink(BatchSink):
+    MAX_SIZE_DEFAULT = 1000
+
+    def get_validator(self) -> CapturingValidator | None:
+        return CapturingValidator(self.schema) if self.validate_schema else None
+
+    def process_batch(self, context: dict) -> None:
+        context.clear()
+
+
+class NullTarget(Target):
+    name = "target-null"
+    config_jsonschema = th.PropertiesList().to_dict()
+    default_sink_class = NullSink
+
+
+if __name__ == "__main__":
+    NullTarget.cli()
