@@ -1,0 +1,135 @@
+"""The embedded fingerprint store behind "send only what changed".
+
+One row per (account, stream, email): the fingerprint of the last contact body Omnisend
+confirmed and the run that last saw the email. Rows are written only after Omnisend
+confirmed the write, and committed before STATE is emitted, so a crash can only make
+the next run send more, never less. A lost or deleted store costs a full send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 500  # SQLite's default limit on host parameters is 999 (older builds)
+
+
+def fingerprint(body: dict[str, Any], run_started_at: str) -> bytes:
+    """Stable across runs: the run's own timestamp (used for undated explicit statuses)
+    must not make every contact look changed."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    text = text.replace(run_started_at, "<run>")
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def account_scope(api_url: str, api_key: str) -> str:
+    """The account is known only through its key: a hash of it, never the key."""
+    return hashlib.blake2b(f"{api_url}\0{api_key}".encode(), digest_size=12).hexdigest()
+
+
+class FingerprintStore:
+    """SQLite-backed fingerprints; thread-safe (delivery confirms from worker threads)."""
+
+    def __init__(self, path: str | Path, scope: str, config_hash: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.scope = scope
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS fingerprints (
+                scope TEXT NOT NULL, stream TEXT NOT NULL, email TEXT NOT NULL,
+                fp BLOB NOT NULL, seen_run TEXT,
+                PRIMARY KEY (scope, stream, email)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS scopes (
+                scope TEXT PRIMARY KEY, config_hash TEXT NOT NULL
+            );
+            """
+        )
+        self.invalidated = self._check_config(config_hash)
+        self._db.execute("BEGIN")
+
+    def _check_config(self, config_hash: str) -> bool:
+        """A different mapping means different bodies: forget what was sent."""
+        row = self._db.execute(
+            "SELECT config_hash FROM scopes WHERE scope = ?", (self.scope,)
+        ).fetchone()
+        if row and row[0] == config_hash:
+            return False
+        self._db.execute("DELETE FROM fingerprints WHERE scope = ?", (self.scope,))
+        self._db.execute(
+            "INSERT OR REPLACE INTO scopes (scope, config_hash) VALUES (?, ?)",
+            (self.scope, config_hash),
+        )
+        return row is not None
+
+    def known(self, stream: str, emails: Sequence[str]) -> dict[str, bytes]:
+        """Fingerprints on record for these emails (absent = never confirmed)."""
+        found: dict[str, bytes] = {}
+        with self._lock:
+            for start in range(0, len(emails), _CHUNK):
+                chunk = emails[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    "SELECT email, fp FROM fingerprints WHERE scope = ? AND stream = ? "
+                    f"AND email IN ({marks})",
+                    (self.scope, stream, *chunk),
+                )
+                found.update(rows)
+        return found
+
+    def confirm(self, stream: str, rows: Iterable[tuple[str, bytes]], run_id: str) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO fingerprints (scope, stream, email, fp, seen_run) "
+                "VALUES (?, ?, ?, ?, ?)",
+                ((self.scope, stream, email, fp, run_id) for email, fp in rows),
+            )
+
+    def mark_seen(self, stream: str, emails: Iterable[str], run_id: str) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE fingerprints SET seen_run = ? WHERE scope = ? AND stream = ? AND email = ?",
+                ((run_id, self.scope, stream, email) for email in emails),
+            )
+
+    def seen_in_run(self, stream: str, emails: Sequence[str], run_id: str) -> set[str]:
+        seen: set[str] = set()
+        with self._lock:
+            for start in range(0, len(emails), _CHUNK):
+                chunk = emails[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    "SELECT email FROM fingerprints WHERE scope = ? AND stream = ? "
+                    f"AND seen_run = ? AND email IN ({marks})",
+                    (self.scope, stream, run_id, *chunk),
+                )
+                seen.update(email for (email,) in rows)
+        return seen
+
+    def forget(self, stream: str, emails: Iterable[str]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM fingerprints WHERE scope = ? AND stream = ? AND email = ?",
+                ((self.scope, stream, email) for email in emails),
+            )
+
+    def commit(self) -> None:
+        """Durable before STATE: called at the delivery barrier."""
+        with self._lock:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.execute("COMMIT")
+            self._db.close()
