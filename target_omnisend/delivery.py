@@ -2,10 +2,13 @@
 
 Senders post batches concurrently; one poller confirms them with a single list
 request for all batches in flight (polling is paid from the same rate limit as
-writes, so it is kept to a few percent of requests). A bounded number of unconfirmed
-batches gives back-pressure: memory stays flat however long the input. `wait_idle()`
-is the barrier the target calls before it emits STATE: after it returns, every item
-handed in has a final outcome.
+writes, so it is kept to a few percent of requests). Contacts new to a segment are
+then tagged through the tags endpoint, 250 emails a call, on its own lower limit.
+
+Accounting is per item: every item handed in gets exactly one final outcome
+(delivered or rejected). A submitted batch holds one of a bounded number of slots
+until all its items are final, which gives back-pressure: memory stays flat however
+long the input. `wait_idle()` is the barrier the target calls before it emits STATE.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +27,15 @@ from target_omnisend.client import OmnisendClient, RequestRefused
 from target_omnisend.errors import DeliveryError
 
 FINAL_BATCH_STATES = frozenset({"finished", "stopped"})
+TAG_CHUNK = 250  # Omnisend: at most 250 emails per tags call
+
+
+@dataclass
+class _Ticket:
+    """One submitted batch; its slot is freed when its last item is final."""
+
+    emails: list[str]
+    open_items: int
 
 
 @dataclass(slots=True)
@@ -33,11 +46,14 @@ class Item:
     email: str
     body: dict[str, Any]
     record: Any
+    fingerprint: bytes | None = None
+    tags: tuple[str, ...] = ()
     attempts: int = 0
+    ticket: _Ticket | None = field(default=None, repr=False)
 
 
 class OutcomeSink(Protocol):
-    """Where final outcomes go (see `outcomes.Outcomes`)."""
+    """Where final outcomes go."""
 
     def delivered_items(self, items: list[Item]) -> None: ...
 
@@ -45,18 +61,8 @@ class OutcomeSink(Protocol):
 
 
 @dataclass
-class _Ticket:
-    """One submitted batch and everything split or re-sent from it; its slot is freed
-    when the last piece has a final outcome."""
-
-    emails: list[str]
-    open_jobs: int = 0
-
-
-@dataclass
 class _Job:
     items: list[Item]
-    ticket: _Ticket
     batch_id: str | None = None
     submitted_at: float = 0.0
     resent_after_timeout: bool = False
@@ -68,7 +74,7 @@ class EngineStats:
     polls: int = 0
     items_fetches: int = 0
     resent_items: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
+    tag_calls: int = 0
 
 
 class DeliveryEngine:
@@ -98,12 +104,16 @@ class DeliveryEngine:
         self.max_item_attempts = max_item_attempts
         self.stats = EngineStats()
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="omnisend-send")
+        # Tag calls wait on a 60/min budget: a thread of their own keeps them from
+        # starving contact writes.
+        self._tag_pool = ThreadPoolExecutor(1, thread_name_prefix="omnisend-tags")
         self._slots = threading.Semaphore(max_pending_batches)
         self._cond = threading.Condition()
         self._tracked: dict[str, _Job] = {}
-        self._open_jobs = 0
+        self._open_items = 0
         self._sends_since_poll = 0
         self._waiters = 0
+        self._tag_buffers: dict[tuple[str, ...], list[Item]] = {}
         self._inflight_emails: Counter[str] = Counter()
         self._error: BaseException | None = None
         self._closed = False
@@ -119,7 +129,7 @@ class DeliveryEngine:
         self.raise_if_failed()
         emails = [item.email for item in items]
         with self._cond:
-            clash = any(self._inflight_emails[e] for e in emails)
+            clash = any(email in self._inflight_emails for email in emails)
         if clash:
             # The same contact is still in an unconfirmed batch: Omnisend may apply
             # batches in any order, so the newer data waits for the older write.
@@ -127,20 +137,28 @@ class DeliveryEngine:
         while not self._slots.acquire(timeout=0.5):
             self.raise_if_failed()
             self._nudge()
-        ticket = _Ticket(emails=emails)
+        ticket = _Ticket(emails=emails, open_items=len(items))
+        for item in items:
+            item.ticket = ticket
         with self._cond:
             self._inflight_emails.update(emails)
-        self._start(_Job(items=items, ticket=ticket))
+            self._open_items += len(items)
+        self._start(_Job(items=items))
 
     def wait_idle(self) -> None:
         """Barrier: return once every submitted item has a final outcome."""
         with self._cond:
             self._waiters += 1
             self._cond.notify_all()
-            try:
-                while self._open_jobs and self._error is None:
-                    self._cond.wait(timeout=0.5)
-            finally:
+        try:
+            while True:
+                self._flush_tags()
+                with self._cond:
+                    if not self._open_items or self._error is not None:
+                        break
+                    self._cond.wait(timeout=0.2)
+        finally:
+            with self._cond:
                 self._waiters -= 1
         self.raise_if_failed()
 
@@ -152,21 +170,20 @@ class DeliveryEngine:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._pool.shutdown(wait=self._error is None, cancel_futures=self._error is not None)
+        failed = self._error is not None
+        self._pool.shutdown(wait=not failed, cancel_futures=failed)
+        self._tag_pool.shutdown(wait=not failed, cancel_futures=failed)
         self._poller.join(timeout=5)
 
     # -- sending ----------------------------------------------------------------------
 
     def _start(self, job: _Job) -> None:
-        with self._cond:
-            self._open_jobs += 1
-            job.ticket.open_jobs += 1
         self._pool.submit(self._guarded, self._send, job)
 
-    def _guarded(self, fn: Any, *args: Any) -> None:
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
-        except BaseException as exc:  # any failure must stop the run
+        except BaseException as exc:  # any failure must stop the run, loudly
             self._fail(exc)
 
     def _send(self, job: _Job) -> None:
@@ -190,11 +207,10 @@ class DeliveryEngine:
         until the refusal names single items, which are rejected with the reason."""
         if len(job.items) == 1:
             self._reject(job.items[0], "refused_by_omnisend", exc.reason)
-        else:
-            middle = len(job.items) // 2
-            for part in (job.items[:middle], job.items[middle:]):
-                self._start(_Job(items=part, ticket=job.ticket))
-        self._finish(job)
+            return
+        middle = len(job.items) // 2
+        for part in (job.items[:middle], job.items[middle:]):
+            self._start(_Job(items=part))
 
     # -- confirming -------------------------------------------------------------------
 
@@ -217,16 +233,14 @@ class DeliveryEngine:
         while True:
             with self._cond:
                 while not self._closed and not (self._tracked and self._poll_due(last_poll)):
-                    self._cond.wait(timeout=self.poll_interval / 2)
-                if self._closed and not self._tracked:
-                    return
-                if self._error is not None:
+                    self._cond.wait(timeout=min(self.poll_interval, 0.25))
+                if (self._closed and not self._tracked) or self._error is not None:
                     return
                 self._sends_since_poll = 0
             last_poll = time.monotonic()
             try:
                 self._poll_once()
-            except BaseException as exc:  # any failure must stop the run
+            except BaseException as exc:  # any failure must stop the run, loudly
                 self._fail(exc)
                 return
 
@@ -262,15 +276,12 @@ class DeliveryEngine:
             self.batch_timeout,
             len(job.items),
         )
-        self._start(_Job(items=job.items, ticket=job.ticket, resent_after_timeout=True))
-        self._finish(job)
+        self._start(_Job(items=job.items, resent_after_timeout=True))
 
     def _settle(self, job: _Job, batch: dict[str, Any]) -> None:
         """Turn a final batch into per-item outcomes; unfinished items go out again."""
-        errors = int(batch.get("errorsCount") or 0)
-        if batch.get("status") == "finished" and errors == 0:
-            self.sink.delivered_items(job.items)
-            self._finish(job)
+        if batch.get("status") == "finished" and not int(batch.get("errorsCount") or 0):
+            self._delivered(job.items)
             return
         self.stats.items_fetches += 1
         results = self._item_results(job)
@@ -294,18 +305,16 @@ class DeliveryEngine:
                 else:
                     retry.append(item)
         if delivered:
-            self.sink.delivered_items(delivered)
+            self._delivered(delivered)
         if retry:
             self.stats.resent_items += len(retry)
-            self._start(_Job(items=retry, ticket=job.ticket))
-        self._finish(job)
+            self._start(_Job(items=retry))
 
     def _item_results(self, job: _Job) -> dict[str, tuple[int | None, Any]]:
         """Match per-item results to our items by the email in each item's request,
         falling back to position when the request is not echoed."""
         results: dict[str, tuple[int | None, Any]] = {}
-        items = self.client.batch_items(job.batch_id or "")
-        for position, entry in enumerate(items):
+        for position, entry in enumerate(self.client.batch_items(job.batch_id or "")):
             email = _request_email(entry.get("request"))
             if email is None and position < len(job.items):
                 email = job.items[position].email
@@ -313,23 +322,66 @@ class DeliveryEngine:
             results[email or ""] = (int(code) if code else None, entry.get("response"))
         return results
 
+    # -- tagging contacts new to a segment ----------------------------------------------
+
+    def _delivered(self, items: list[Item]) -> None:
+        untagged = [item for item in items if not item.tags]
+        if untagged:
+            self._final(untagged, None)
+        full: list[list[Item]] = []
+        with self._cond:
+            for item in items:
+                if item.tags:
+                    buffer = self._tag_buffers.setdefault(item.tags, [])
+                    buffer.append(item)
+                    if len(buffer) >= TAG_CHUNK:
+                        full.append(self._tag_buffers.pop(item.tags))
+        for chunk in full:
+            self._tag_pool.submit(self._guarded, self._tag, chunk)
+
+    def _flush_tags(self) -> None:
+        """At a barrier, partly filled tag calls go out rather than wait for company."""
+        with self._cond:
+            chunks = list(self._tag_buffers.values())
+            self._tag_buffers.clear()
+        for chunk in chunks:
+            self._tag_pool.submit(self._guarded, self._tag, chunk)
+
+    def _tag(self, items: list[Item]) -> None:
+        emails = [item.email for item in items]
+        self.client.add_tags(list(items[0].tags), emails)
+        with self._cond:
+            self.stats.tag_calls += 1
+        self._final(items, None)
+
     # -- bookkeeping ------------------------------------------------------------------
 
     def _reject(self, item: Item, code: str, reason: str) -> None:
-        self.sink.rejected_item(item, code, reason)
+        self._final([item], (code, reason))
 
-    def _finish(self, job: _Job) -> None:
+    def _final(self, items: list[Item], rejection: tuple[str, str] | None) -> None:
+        """The one place an item becomes final: report it, then free its slot."""
+        if rejection is None:
+            self.sink.delivered_items(items)
+        else:
+            for item in items:
+                self.sink.rejected_item(item, *rejection)
+        released: list[_Ticket] = []
         with self._cond:
-            self._open_jobs -= 1
-            job.ticket.open_jobs -= 1
-            ticket_done = job.ticket.open_jobs == 0
-            if ticket_done:
-                for email in job.ticket.emails:
-                    self._inflight_emails[email] -= 1
-                    if self._inflight_emails[email] <= 0:
-                        del self._inflight_emails[email]
+            self._open_items -= len(items)
+            for item in items:
+                ticket = item.ticket
+                if ticket is None:
+                    continue
+                ticket.open_items -= 1
+                if ticket.open_items == 0:
+                    released.append(ticket)
+                    for email in ticket.emails:
+                        self._inflight_emails[email] -= 1
+                        if self._inflight_emails[email] <= 0:
+                            del self._inflight_emails[email]
             self._cond.notify_all()
-        if ticket_done:
+        for _ in released:
             self._slots.release()
 
     def _fail(self, exc: BaseException) -> None:

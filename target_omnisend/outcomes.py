@@ -59,6 +59,8 @@ class Outcomes:
         self._file: Any = None
         self._lock = threading.Lock()
         self.streams: dict[str, StreamCounts] = {}
+        #: Per stream: what mirror mode did, or why it left Omnisend alone.
+        self.mirror: dict[str, dict[str, Any]] = {}
 
     def _counts(self, stream: str) -> StreamCounts:
         counts = self.streams.get(stream)

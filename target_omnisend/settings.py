@@ -6,8 +6,11 @@ input is read, so a bad config never half-delivers a segment.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import ipaddress
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +21,11 @@ from target_omnisend.errors import ConfigError
 from target_omnisend.mapping import EMAIL_STATUSES, STANDARD_ATTRIBUTES, MappingConfig
 
 MAX_BATCH_SIZE = 100
+MAX_TAGS = 100
+DEFAULT_SEGMENT_TAG = "segment:{stream_name}"
+DEFAULT_STORE = ".target-omnisend/fingerprints.sqlite"
+SYNC_MODES = ("upsert", "mirror")
+MIRROR_TRIGGERS = ("activate_version", "end_of_input")
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,34 @@ class Settings:
     batch_poll_interval: float
     batch_timeout: float
     rejected_records_path: str | None
+    segment_tag: str
+    tags: tuple[str, ...]
+    fingerprint_store_path: str | None
+    full_refresh: bool
+    dry_run: bool
+    dry_run_path: str
+    sync_mode: str
+    mirror_max_removal_ratio: float
+    mirror_trigger: str
+
+    def tags_for(self, stream: str) -> tuple[str, ...]:
+        """The segment tag of a stream plus the static tags, in a stable order."""
+        tags = [self.segment_tag.format(stream_name=stream)] if self.segment_tag else []
+        tags += [t for t in self.tags if t not in tags]
+        return tuple(tags)
+
+    def mapping_hash(self) -> str:
+        """What decides the contact body and tags; a change forgets all fingerprints."""
+        material = json.dumps(
+            {
+                "mapping": dataclasses.asdict(self.mapping) | {"run_started_at": None},
+                "segment_tag": self.segment_tag,
+                "tags": self.tags,
+                "api_version": self.generation.name,
+            },
+            sort_keys=True,
+        )
+        return hashlib.blake2b(material.encode(), digest_size=12).hexdigest()
 
 
 def is_loopback(host: str) -> bool:
@@ -110,6 +146,26 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         send_welcome_message=bool(config.get("send_welcome_message", False)),
         run_started_at=started,
     )
+    segment_tag = config.get("segment_tag", DEFAULT_SEGMENT_TAG) or ""
+    try:
+        segment_tag.format(stream_name="s")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"segment_tag may only use {{stream_name}} as a placeholder (got {segment_tag!r})"
+        ) from exc
+    tags = tuple(dict.fromkeys(str(t).strip() for t in config.get("tags") or [] if str(t).strip()))
+    if len(tags) + 1 > MAX_TAGS:
+        raise ConfigError(f"tags can hold at most {MAX_TAGS - 1} tags (got {len(tags)})")
+    sync_mode = config.get("sync_mode") or "upsert"
+    if sync_mode not in SYNC_MODES:
+        raise ConfigError(f"sync_mode must be one of {', '.join(SYNC_MODES)} (got {sync_mode!r})")
+    if sync_mode == "mirror" and not segment_tag:
+        raise ConfigError("sync_mode mirror needs a segment_tag: it is how leavers are found")
+    mirror_trigger = config.get("mirror_trigger") or "activate_version"
+    if mirror_trigger not in MIRROR_TRIGGERS:
+        raise ConfigError(
+            f"mirror_trigger must be one of {', '.join(MIRROR_TRIGGERS)} (got {mirror_trigger!r})"
+        )
     max_concurrency = int(_number(config, "max_concurrency", 4, 1, 32))
     return Settings(
         api_key=api_key.strip(),
@@ -126,4 +182,13 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         batch_poll_interval=_number(config, "batch_poll_interval", 0.5, 0.01, 60),
         batch_timeout=_number(config, "batch_timeout", 900.0, 1, 86_400),
         rejected_records_path=config.get("rejected_records_path", "rejected_records.jsonl") or None,
+        segment_tag=segment_tag,
+        tags=tags,
+        fingerprint_store_path=config.get("fingerprint_store_path", DEFAULT_STORE) or None,
+        full_refresh=bool(config.get("full_refresh", False)),
+        dry_run=bool(config.get("dry_run", False)),
+        dry_run_path=config.get("dry_run_path") or "omnisend_dry_run.jsonl",
+        sync_mode=sync_mode,
+        mirror_max_removal_ratio=_number(config, "mirror_max_removal_ratio", 0.5, 0, 1),
+        mirror_trigger=mirror_trigger,
     )

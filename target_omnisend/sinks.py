@@ -14,6 +14,7 @@ from singer_sdk.sinks import BatchSink
 
 from target_omnisend.delivery import Item
 from target_omnisend.mapping import Rejection, to_contact
+from target_omnisend.store import fingerprint
 from target_omnisend.validation import CapturingValidator
 
 if TYPE_CHECKING:
@@ -65,9 +66,39 @@ class ContactsSink(BatchSink):
         pending[result.email] = Item(self.stream_name, result.email, result.body, record)
 
     def process_batch(self, context: dict) -> None:
-        """Hand the drained records over in Omnisend-sized batches; confirmation happens
-        in the background and the target waits for it before emitting STATE."""
+        """Skip what Omnisend already has, then hand the rest over in Omnisend-sized
+        batches; confirmation happens in the background and the target waits for it
+        before emitting STATE."""
+        target = self._omnisend
+        settings = target.settings
         items = list(context.get("items", {}).values())
-        size = self._omnisend.settings.batch_size
-        for start in range(0, len(items), size):
-            self._omnisend.engine.submit(items[start : start + size])
+        tags = settings.tags_for(self.stream_name)
+        store = target.store
+        known = (
+            store.known(self.stream_name, [item.email for item in items])
+            if store is not None and not settings.full_refresh
+            else {}
+        )
+        changed: list[Item] = []
+        unchanged: list[str] = []
+        for item in items:
+            if store is not None:
+                item.fingerprint = fingerprint(item.body, settings.mapping.run_started_at)
+            previous = known.get(item.email)
+            if previous is not None and previous == item.fingerprint:
+                unchanged.append(item.email)
+                continue
+            # Only contacts new to the segment cost a (slow, 60/min) tag call.
+            item.tags = tags if previous is None else ()
+            changed.append(item)
+        if unchanged:
+            target.outcomes.unchanged(self.stream_name, len(unchanged))
+            if store is not None and not settings.dry_run:
+                store.mark_seen(self.stream_name, unchanged, target.outcomes.run_id)
+        size = settings.batch_size
+        for start in range(0, len(changed), size):
+            batch = changed[start : start + size]
+            if settings.dry_run:
+                target.dry_run.batch(self.stream_name, batch)
+            else:
+                target.engine.submit(batch)

@@ -15,12 +15,20 @@ from singer_sdk.target_base import Target
 from target_omnisend.api import DEFAULT_API_URL, GENERATIONS, LATEST_VERSION
 from target_omnisend.client import OmnisendClient
 from target_omnisend.delivery import DeliveryEngine, Item
+from target_omnisend.dryrun import DryRunWriter
 from target_omnisend.mapping import EMAIL_STATUSES
+from target_omnisend.mirror import mirror_stream
 from target_omnisend.outcomes import Outcomes
 from target_omnisend.privacy import redact
 from target_omnisend.ratelimit import RateLimits
-from target_omnisend.settings import MAX_BATCH_SIZE, load_settings
+from target_omnisend.settings import (
+    DEFAULT_SEGMENT_TAG,
+    DEFAULT_STORE,
+    MAX_BATCH_SIZE,
+    load_settings,
+)
 from target_omnisend.sinks import ContactsSink
+from target_omnisend.store import FingerprintStore, account_scope
 
 _ATTRIBUTE_DOCS = {
     "first_name": "First name",
@@ -192,6 +200,85 @@ CONFIG_SCHEMA = th.PropertiesList(
         description="JSONL file (appended) for records that could not be delivered: the "
         "record, its stream, a reason code and the reason. Contains personal data.",
     ),
+    th.Property(
+        "segment_tag",
+        th.StringType,
+        default=DEFAULT_SEGMENT_TAG,
+        title="Segment tag",
+        description="Tag added to every contact of a stream, through Omnisend's tags endpoint "
+        "(never the contact body, which would replace the contact's tags); `{stream_name}` "
+        "is replaced by the stream name. Empty disables tagging.",
+    ),
+    th.Property(
+        "tags",
+        th.ArrayType(th.StringType),
+        title="Static tags",
+        description="Tags added to every contact, the same way as the segment tag.",
+    ),
+    th.Property(
+        "sync_mode",
+        th.StringType,
+        default="upsert",
+        allowed_values=["upsert", "mirror"],
+        title="Sync mode",
+        description="upsert: add and update segment members. mirror: also remove the segment "
+        "tag from contacts that carry it in Omnisend but were not in this run (never deletes "
+        "contacts; guarded, see mirror_max_removal_ratio and mirror_trigger).",
+    ),
+    th.Property(
+        "mirror_trigger",
+        th.StringType,
+        default="activate_version",
+        allowed_values=["activate_version", "end_of_input"],
+        title="Mirror trigger",
+        description="When a stream counts as read completely: when the tap sent "
+        "ACTIVATE_VERSION for it (full-table syncs), or at every end of input (use only if "
+        "the tap always sends the whole segment).",
+    ),
+    th.Property(
+        "mirror_max_removal_ratio",
+        th.NumberType,
+        default=0.5,
+        title="Mirror max removal ratio",
+        description="Mirror removes nothing when more than this share of the tagged contacts "
+        "would lose the tag (protects against a broken or empty source).",
+    ),
+    th.Property(
+        "fingerprint_store_path",
+        th.StringType,
+        default=DEFAULT_STORE,
+        title="Fingerprint store",
+        description="SQLite file remembering what Omnisend confirmed, so re-runs send only "
+        "what changed. Empty disables it (every run sends everything).",
+    ),
+    th.Property(
+        "full_refresh",
+        th.BooleanType,
+        default=False,
+        title="Full refresh",
+        description="Ignore the fingerprint store for this run: send and tag every contact.",
+    ),
+    th.Property(
+        "dry_run",
+        th.BooleanType,
+        default=False,
+        title="Dry run",
+        description="Map, validate and diff, write the requests that would be sent to "
+        "dry_run_path, and send nothing (no writes, store unchanged).",
+    ),
+    th.Property(
+        "dry_run_path",
+        th.StringType,
+        default="omnisend_dry_run.jsonl",
+        title="Dry run file",
+        description="Where a dry run writes its requests (JSONL, overwritten).",
+    ),
+    th.Property(
+        "summary_path",
+        th.StringType,
+        title="Summary file",
+        description="Optional JSON file with the run's counters per stream, written at the end.",
+    ),
 ).to_dict()
 
 
@@ -220,6 +307,23 @@ class TargetOmnisend(Target):
             logger=self.logger,
         )
         self.client.check_connection()
+        self.store = (
+            FingerprintStore(
+                self.settings.fingerprint_store_path,
+                account_scope(self.settings.api_url, self.settings.api_key),
+                self.settings.mapping_hash(),
+            )
+            if self.settings.fingerprint_store_path
+            else None
+        )
+        if self.store is not None and self.store.invalidated:
+            self.logger.info("Mapping configuration changed: every contact is sent again")
+        self.dry_run = (
+            DryRunWriter(self.settings.dry_run_path, self.settings.generation)
+            if self.settings.dry_run
+            else None
+        )
+        self.complete_streams: set[str] = set()
         self.engine = DeliveryEngine(
             self.client,
             self,
@@ -238,42 +342,87 @@ class TargetOmnisend(Target):
             by_stream[item.stream] = by_stream.get(item.stream, 0) + 1
         for stream, count in by_stream.items():
             self.outcomes.delivered(stream, count)
+        if self.store is not None:
+            for item in items:
+                if item.fingerprint is not None:
+                    self.store.confirm(
+                        item.stream, [(item.email, item.fingerprint)], self.outcomes.run_id
+                    )
 
     def rejected_item(self, item: Item, code: str, reason: str) -> None:
         self.outcomes.rejected(item.stream, item.record, code, reason, email=item.email)
 
     # -- STATE only after delivery ----------------------------------------------------
 
+    def _barrier(self) -> None:
+        """Every record handed to a sink so far has a final, durable outcome."""
+        self.engine.wait_idle()
+        self.outcomes.sync()
+        if self.store is not None and self.dry_run is None:
+            self.store.commit()
+
     def _write_state_message(self, state: dict) -> None:
         """The SDK writes STATE after handing every sink's records to process_batch();
         delivery is asynchronous, so first wait until each of them is confirmed."""
-        self.engine.wait_idle()
-        self.outcomes.sync()
+        self._barrier()
         super()._write_state_message(state)
+
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        """ACTIVATE_VERSION marks a full-table read: the stream may be mirrored."""
+        self.complete_streams.add(message_dict.get("stream", ""))
+        super()._process_activate_version_message(message_dict)
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
-        self.engine.wait_idle()
-        self.outcomes.sync()
+        self._barrier()
+        if self.settings.sync_mode == "mirror":
+            for stream in list(self.outcomes.streams):
+                mirror_stream(self, stream)
         self.engine.close()
         self.client.close()
         self.outcomes.close()
+        if self.store is not None:
+            self.store.close()
+        if self.dry_run is not None:
+            self.dry_run.close()
+            self.logger.info(
+                "Dry run: %d contact(s) in %d request(s) written to %s; nothing was sent",
+                self.dry_run.contacts,
+                self.dry_run.requests,
+                self.dry_run.path,
+            )
         self._log_summary()
 
     def _log_summary(self) -> None:
         elapsed = time.monotonic() - self.started_at
         for stream, counts in self.outcomes.totals().items():
             self.logger.info(
-                "Summary for stream '%s': received=%d delivered=%d rejected=%d "
+                "Summary for stream '%s': received=%d delivered=%d rejected=%d unchanged=%d "
                 "merged_duplicates=%d rejected_by_reason=%s warnings=%s",
                 stream,
                 counts["received"],
                 counts["delivered"],
                 counts["rejected"],
+                counts["unchanged"],
                 counts["merged_duplicates"],
                 json.dumps(counts["rejected_by_reason"]),
                 json.dumps(counts["warnings"]),
             )
+        if self.settings.summary_path:
+            summary = {
+                "run_id": self.outcomes.run_id,
+                "dry_run": self.settings.dry_run,
+                "seconds": round(elapsed, 3),
+                "streams": self.outcomes.totals(),
+                "requests": self.client.stats.requests,
+                "retries": self.client.stats.retries,
+                "rate_limited": self.client.stats.rate_limited,
+                "batches": self.engine.stats.batches_sent,
+                "tag_calls": self.engine.stats.tag_calls,
+                "mirror": self.outcomes.mirror,
+            }
+            with open(self.settings.summary_path, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
         stats = self.client.stats
         self.logger.info(
             "Run finished in %.1fs: %d requests (%d retries, %d rate-limited), %d batches, "
