@@ -1,0 +1,71 @@
+"""A single background worker that runs jobs at a given time.
+
+Batches and tag requests are asynchronous in Omnisend: they are accepted first and
+applied later. One worker thread keeps that ordering deterministic (jobs due at the same
+moment run in submission order) while HTTP handler threads return immediately.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._generation = 0  # bumped by clear(): jobs of an older generation are dropped
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._cond:
+            self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="omnisend-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def clear(self) -> None:
+        with self._cond:
+            self._heap.clear()
+            self._generation += 1
+
+    def call_later(self, delay: float, job: Callable[[], None]) -> None:
+        with self._cond:
+            due = time.monotonic() + max(0.0, delay)
+            heapq.heappush(self._heap, (due, next(self._seq), self._generation, job))
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        break
+                    timeout = self._heap[0][0] - now if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, generation, job = heapq.heappop(self._heap)
+                if generation != self._generation:
+                    continue
+            try:
+                job()
+            except Exception:  # a broken job must not kill the worker
+                log.exception("background job failed")

@@ -1,0 +1,288 @@
+"""The HTTP side: a threading stdlib server around `Api`, and the `OmnisendServer` facade.
+
+Keep-alive (HTTP/1.1) like the real API, so clients' connection pooling is exercised;
+`stop()` closes idle keep-alive connections too, so a stopped server really is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .api import Api, Reply, Request, RequestLogEntry
+from .endpoints import Service
+from .faults import FaultBook, FaultRule
+from .ratelimit import FixedWindowLimiter
+from .scheduler import Scheduler
+from .store import Contact, Store
+from .wire import render_batch
+
+HARD_BODY_CAP = 32 * 1024 * 1024  # beyond this the body is not even read
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "OmnisendLocal/1.0"
+    timeout = 60  # idle keep-alive connections give their thread back eventually
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        self.server.owner._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the request log is the record."""
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PATCH = do_DELETE = do_PUT = do_OPTIONS = do_GET
+
+    def _read_body(self) -> tuple[bytes, bool]:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks), False
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > HARD_BODY_CAP:
+            self.close_connection = True
+            return b"", True
+        return self.rfile.read(length), False
+
+    def _serve(self) -> None:
+        owner = self.server.owner
+        try:
+            body, too_large = self._read_body()
+        except ValueError:
+            self.send_error(400, "Bad request framing")
+            return
+        parts = urlsplit(self.path)
+        host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+        request = Request(
+            method=self.command,
+            path=parts.path,
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers=self.headers,  # type: ignore[arg-type]  # case-insensitive Message
+            body=body,
+            base_url=f"http://{host}",
+            too_large=too_large,
+        )
+        reply = owner._api.handle(request)
+        owner._sleep_latency()
+        if reply.reset:
+            self._reset()
+        else:
+            self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        try:
+            self.send_response(reply.status)
+            if reply.content_type:
+                self.send_header("Content-Type", f"{reply.content_type}; charset=utf-8")
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(reply.body)
+            self.wfile.flush()
+        except OSError:  # the client gave up (e.g. its timeout fired during a delay fault)
+            self.close_connection = True
+
+    def _reset(self) -> None:
+        """Drop the connection without a response (RST where the OS allows)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: OmnisendServer
+
+
+class OmnisendServer:
+    """A local Omnisend-compatible API (2026-03-15 under /api, v5 under /v5).
+
+    In-memory, one account per API key, asynchronous batches, fixed-window rate limits
+    with Omnisend's headers, and scriptable faults. `start()` binds an ephemeral port.
+    """
+
+    def __init__(
+        self,
+        api_keys: tuple[str, ...] | list[str] = ("test-key",),
+        requests_per_minute: int | None = None,
+        tags_requests_per_minute: int | None = None,
+        window_seconds: float = 60.0,
+        latency: tuple[float, float] = (0.0, 0.0),
+        batch_delay: float = 0.0,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if not api_keys:
+            raise ValueError("at least one API key is needed")
+        self.host, self.port = host, port
+        self.latency = (float(latency[0]), float(latency[1]))
+        self._latency_rng = random.Random(seed + 1)
+        self._latency_lock = threading.Lock()
+        self._store = Store(tuple(api_keys), seed)
+        self._faults = FaultBook(seed)
+        self._limiter = FixedWindowLimiter(
+            {"default": requests_per_minute, "tags": tags_requests_per_minute}, window_seconds
+        )
+        self._scheduler = Scheduler()
+        self._service = Service(self._store, self._faults, self._scheduler, batch_delay)
+        self._api = Api(self._store, self._faults, self._limiter, self._service)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> OmnisendServer:
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer((self.host, self.port), _Handler)
+        httpd.owner = self
+        self._httpd = httpd
+        self._scheduler.start()
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        with self._conn_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._scheduler.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> OmnisendServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def contacts(self) -> list[Contact]:
+        """Every stored contact (all accounts) in the 2026-03-15 shape, creation order."""
+        return self._store.all_contacts()
+
+    def contact(self, email: str) -> Contact | None:
+        """Lookup by EXACT email: Omnisend treats emails as case-sensitive identifiers."""
+        with self._store.lock:
+            for account in self._store.accounts.values():
+                found = self._store.by_email(account, email)
+                if found is not None:
+                    return copy.deepcopy(found)
+        return None
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch (all accounts), oldest first, as GET /batches/{id} renders it."""
+        with self._store.lock:
+            return [render_batch(b) for a in self._store.accounts.values() for b in a.batches]
+
+    def request_log(self) -> list[RequestLogEntry]:
+        with self._api.log_lock:
+            return list(self._api.log)
+
+    @property
+    def requests(self) -> list[RequestLogEntry]:
+        return self.request_log()
+
+    def count(
+        self, method: str | None = None, path_prefix: str | None = None, status: int | None = None
+    ) -> int:
+        """How many logged requests match; `path_prefix` is relative to the version root."""
+        return sum(
+            1
+            for e in self.request_log()
+            if (method is None or e.method == method.upper())
+            and (path_prefix is None or e.path.startswith(path_prefix))
+            and (status is None or e.status == status)
+        )
+
+    # -- control --------------------------------------------------------------------------
+
+    def add_fault(self, rule: FaultRule) -> FaultRule:
+        return self._faults.add(rule)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def fault_hits(self) -> list[tuple[FaultRule, int]]:
+        """(rule, times fired) for each active rule, in order."""
+        return self._faults.fired()
+
+    def reset(self) -> None:
+        """Forget all data, the request log, faults, rate-limit windows and pending jobs."""
+        self._scheduler.clear()
+        self._store.reset()
+        self._faults.clear()
+        self._limiter.reset()
+        with self._api.log_lock:
+            self._api.log.clear()
+
+    # -- internals used by the handler ------------------------------------------------
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._conn_lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _sleep_latency(self) -> None:
+        low, high = self.latency
+        if high <= 0:
+            return
+        with self._latency_lock:
+            delay = self._latency_rng.uniform(low, high)
+        time.sleep(delay)

@@ -1,0 +1,335 @@
+"""In-memory accounts: contacts and batches, with Omnisend's merge rules.
+
+Pure data logic — no HTTP, no threads of its own, no fault injection. Contacts are kept
+in the 2026-03-15 shape (`id`, `statusChangedAt`); the wire layer renames for v5.
+Creation order is an append-only list, so a page cursor is just a position in it.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import ApiError, FieldError, validation_error
+from .validation import CHANNEL_OF, ContactWrite, IdentifierWrite, format_timestamp, parse_timestamp
+
+Contact = dict[str, Any]
+BATCH_STATUSES = ("pending", "inProgress", "finished", "stopped")
+
+
+class IdFactory:
+    """ObjectId-like 24-hex ids: seconds, 5 seeded random bytes, a counter (never repeats)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            self._counter = (self._counter + 1) % 0x1000000
+            stamp = int(time.time()) & 0xFFFFFFFF
+            return f"{stamp:08x}{self._rng.getrandbits(40):010x}{self._counter:06x}"
+
+
+def utc_now() -> str:
+    return format_timestamp(datetime.now(timezone.utc))
+
+
+@dataclass
+class BatchItem:
+    """One item of a batch; `error` or `contact_id` is set once processed."""
+
+    item_id: str
+    request: Any
+    status: str = "pending"  # pending | finished | failed | stopped
+    response_code: int | None = None
+    contact_id: str | None = None
+    error: ApiError | None = None
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    seq: int
+    method: str
+    endpoint: str
+    generation: str
+    created_at: str
+    items: list[BatchItem]
+    status: str = "pending"
+    started_at: str | None = None
+    ended_at: str | None = None
+    fault: str | None = None  # "batch_stopped" | "batch_stuck" when a fault rule marked it
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished_count(self) -> int:
+        return sum(1 for i in self.items if i.status in ("finished", "failed"))
+
+    @property
+    def errors_count(self) -> int:
+        return sum(1 for i in self.items if i.status == "failed")
+
+
+@dataclass
+class Account:
+    """Everything one API key owns."""
+
+    key: str
+    contacts: dict[str, Contact] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    position: dict[str, int] = field(default_factory=dict)
+    by_email: dict[str, str] = field(default_factory=dict)
+    by_phone: dict[str, str] = field(default_factory=dict)
+    batches: list[Batch] = field(default_factory=list)
+    batch_by_id: dict[str, Batch] = field(default_factory=dict)
+
+
+def identifier(contact: Contact, kind: str) -> dict[str, Any] | None:
+    return next((i for i in contact["identifiers"] if i["type"] == kind), None)
+
+
+def email_status(contact: Contact) -> str | None:
+    ident = identifier(contact, "email")
+    return ident["channels"]["email"]["status"] if ident else None
+
+
+class Store:
+    """Accounts keyed by API key. Callers hold `lock` around anything that must be atomic."""
+
+    def __init__(self, api_keys: tuple[str, ...], seed: int = 0) -> None:
+        self.lock = threading.RLock()
+        self.new_id: Callable[[], str] = IdFactory(seed)
+        self.accounts = {key: Account(key) for key in api_keys}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.accounts = {key: Account(key) for key in self.accounts}
+
+    # -- contacts -------------------------------------------------------------------
+
+    def upsert(self, account: Account, write: ContactWrite) -> tuple[Contact, bool]:
+        """POST /contacts: find by exact email (else phone), create if absent."""
+        with self.lock:
+            key = write.email or write.phone
+            assert key is not None  # validation requires one
+            index = account.by_email if key.type == "email" else account.by_phone
+            contact_id = index.get(key.id)
+            created = contact_id is None
+            now = utc_now()
+            if created:
+                contact_id = self.new_id()
+                contact = {"id": contact_id, "identifiers": [], "createdAt": now}
+                account.contacts[contact_id] = contact
+                account.position[contact_id] = len(account.order)
+                account.order.append(contact_id)
+            contact = account.contacts[contact_id]
+            self._apply(account, contact, write, now)
+            return contact, created
+
+    def patch(self, account: Account, contact: Contact, write: ContactWrite) -> Contact:
+        """PATCH: only sent fields change; the email identifier cannot change."""
+        with self.lock:
+            if write.email is not None:
+                current = identifier(contact, "email")
+                if current is None or current["id"] != write.email.id:
+                    raise validation_error(
+                        [
+                            FieldError(
+                                f"identifiers[{write.email.index}].id",
+                                "immutable",
+                                "The email of an existing contact cannot be changed",
+                            )
+                        ]
+                    )
+            self._apply(account, contact, write, utc_now())
+            return contact
+
+    def _apply(self, account: Account, contact: Contact, write: ContactWrite, now: str) -> None:
+        if write.email is not None:
+            self._set_identifier(account, contact, write.email, now)
+        if write.phone is not None:
+            owner = account.by_phone.get(write.phone.id)
+            if owner is None or owner == contact["id"]:  # someone else's phone is ignored
+                self._set_identifier(account, contact, write.phone, now)
+        for name, value in write.fields.items():
+            if value is None:
+                contact.pop(name, None)
+            else:
+                contact[name] = value
+        props = contact.setdefault("customProperties", {})
+        for name, value in (write.custom_properties or {}).items():
+            if value is None:
+                props.pop(name, None)
+            else:
+                props[name] = value
+        if write.tags is not None:
+            contact["tags"] = list(write.tags)  # a body `tags` replaces
+        contact.setdefault("tags", [])
+        contact["updatedAt"] = now
+
+    def _set_identifier(
+        self, account: Account, contact: Contact, write: IdentifierWrite, now: str
+    ) -> None:
+        channel_name = CHANNEL_OF[write.type]
+        index = account.by_email if write.type == "email" else account.by_phone
+        entry = identifier(contact, write.type)
+        if entry is not None and entry["id"] != write.id:  # a new phone replaces the old one
+            contact["identifiers"].remove(entry)
+            index.pop(entry["id"], None)
+            entry = None
+        if entry is None:
+            entry = {
+                "type": write.type,
+                "id": write.id,
+                "channels": {
+                    channel_name: {
+                        "status": write.status or "nonSubscribed",
+                        "statusChangedAt": write.changed_at or now,
+                    }
+                },
+            }
+            contact["identifiers"].append(entry)
+            contact["identifiers"].sort(key=lambda i: i["type"] != "email")
+            index[write.id] = contact["id"]
+        elif write.status is not None:
+            channel = entry["channels"][channel_name]
+            stamp = write.changed_at or now
+            if parse_timestamp(stamp) >= parse_timestamp(channel["statusChangedAt"]):
+                channel["status"] = write.status  # the latest timestamp wins
+                channel["statusChangedAt"] = stamp
+        if write.consent is not None:
+            entry["consent"] = write.consent
+
+    def get(self, account: Account, contact_id: str) -> Contact | None:
+        return account.contacts.get(contact_id)
+
+    def by_email(self, account: Account, email: str) -> Contact | None:
+        contact_id = account.by_email.get(email)
+        return account.contacts[contact_id] if contact_id else None
+
+    def iter_contacts(
+        self,
+        account: Account,
+        *,
+        email: str | None = None,
+        tag: str | None = None,
+        status: str | None = None,
+        segment_id: str | None = None,
+        start: int = 0,
+    ) -> Iterator[tuple[int, Contact]]:
+        """Matching contacts in creation order from position `start`, with positions.
+
+        No segments exist here, so a `segmentID` filter matches nothing. Hold `lock`
+        while consuming it.
+        """
+        if segment_id is not None:
+            return
+        if email is not None:
+            contact = self.by_email(account, email)
+            if contact is not None:
+                seq = account.position[contact["id"]]
+                wanted = (tag is None or tag in contact["tags"]) and (
+                    status is None or email_status(contact) == status
+                )
+                if seq >= start and wanted:
+                    yield seq, contact
+            return
+        for seq in range(start, len(account.order)):
+            contact = account.contacts[account.order[seq]]
+            if tag is not None and tag not in contact["tags"]:
+                continue
+            if status is not None and email_status(contact) != status:
+                continue
+            yield seq, contact
+
+    def change_tags(
+        self, account: Account, tags: list[str], contact_ids: list[str], *, add: bool
+    ) -> int:
+        """Add (no duplicates) or remove tags; returns how many contacts changed."""
+        changed = 0
+        with self.lock:
+            now = utc_now()
+            for contact_id in contact_ids:
+                contact = account.contacts.get(contact_id)
+                if contact is None:
+                    continue
+                before = list(contact["tags"])
+                if add:
+                    contact["tags"] += [t for t in tags if t not in contact["tags"]]
+                else:
+                    contact["tags"] = [t for t in contact["tags"] if t not in tags]
+                if contact["tags"] != before:
+                    contact["updatedAt"] = now
+                    changed += 1
+        return changed
+
+    def resolve(
+        self, account: Account, *, emails: list[str], contact_ids: list[str], phones: list[str]
+    ) -> list[str]:
+        """Contact ids for a tags request; unknown emails/ids/phones are silently skipped."""
+        with self.lock:
+            found = [account.by_email.get(e) for e in emails]
+            found += [c if c in account.contacts else None for c in contact_ids]
+            found += [account.by_phone.get(p) for p in phones]
+            return list(dict.fromkeys(c for c in found if c))
+
+    # -- batches --------------------------------------------------------------------
+
+    def add_batch(
+        self,
+        account: Account,
+        *,
+        method: str,
+        endpoint: str,
+        generation: str,
+        items: list[Any],
+        fault: str | None,
+    ) -> Batch:
+        with self.lock:
+            batch = Batch(
+                batch_id=self.new_id(),
+                seq=len(account.batches),
+                method=method,
+                endpoint=endpoint,
+                generation=generation,
+                created_at=utc_now(),
+                items=[BatchItem(self.new_id(), copy.deepcopy(item)) for item in items],
+                fault=fault,
+            )
+            account.batches.append(batch)
+            account.batch_by_id[batch.batch_id] = batch
+            return batch
+
+    def iter_batches(
+        self,
+        account: Account,
+        *,
+        endpoint: str | None = None,
+        status: str | None = None,
+        start: int | None = None,
+    ) -> Iterator[tuple[int, Batch]]:
+        """Newest first, from position `start` downwards."""
+        top = len(account.batches) - 1 if start is None else min(start, len(account.batches) - 1)
+        for seq in range(top, -1, -1):
+            batch = account.batches[seq]
+            if endpoint is not None and batch.endpoint != endpoint:
+                continue
+            if status is not None and batch.status != status:
+                continue
+            yield seq, batch
+
+    def all_contacts(self) -> list[Contact]:
+        with self.lock:
+            return [
+                copy.deepcopy(acc.contacts[cid])
+                for acc in self.accounts.values()
+                for cid in acc.order
+            ]
