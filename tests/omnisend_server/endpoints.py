@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ApiError, FieldError, validation_error
 from .faults import BATCH_KINDS, ITEM_KINDS, FaultBook
 from .scheduler import Scheduler
-from .store import BATCH_STATUSES, Account, Batch, Contact, Store, utc_now
+from .store import BATCH_STATUSES, Account, Batch, Contact, Store, email_status, utc_now
 from .validation import STATUSES, is_email, validate_contact
 from .wire import (
     DEFAULT_PAGE,
@@ -89,7 +89,15 @@ class Service:
                 "Omnisend refused this contact (injected item_error)",
                 slug="item-error",
             )
-        contact, created = self.store.upsert(account, write)
+        with self.store.lock:
+            before = self.store.by_email(account, email) if email else None
+            was_subscribed = before is not None and email_status(before) == "subscribed"
+            contact, created = self.store.upsert(account, write)
+            welcome = write.email.send_welcome_message if write.email else None
+            if welcome is None:
+                welcome = not gen.is_v5  # the documented defaults differ by generation
+            if welcome and not was_subscribed and email_status(contact) == "subscribed":
+                account.welcomed.append(email or "")
         return (201 if created else 200), contact
 
     def post_contact(self, call: Call) -> Result:

@@ -7,7 +7,6 @@ Keep-alive (HTTP/1.1) like the real API, so clients' connection pooling is exerc
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 import socket
 import struct
@@ -24,7 +23,7 @@ from .faults import FaultBook, FaultRule
 from .ratelimit import FixedWindowLimiter
 from .scheduler import Scheduler
 from .store import Contact, Store
-from .wire import render_batch
+from .wire import LATEST, render_batch, render_contact
 
 HARD_BODY_CAP = 32 * 1024 * 1024  # beyond this the body is not even read
 
@@ -33,6 +32,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "OmnisendLocal/1.0"
     timeout = 60  # idle keep-alive connections give their thread back eventually
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms stall
     server: _HTTPServer
 
     def setup(self) -> None:
@@ -213,7 +213,8 @@ class OmnisendServer:
 
     def contacts(self) -> list[Contact]:
         """Every stored contact (all accounts) in the 2026-03-15 shape, creation order."""
-        return self._store.all_contacts()
+        with self._store.lock:
+            return [render_contact(c, LATEST) for c in self._store.all_contacts()]
 
     def contact(self, email: str) -> Contact | None:
         """Lookup by EXACT email: Omnisend treats emails as case-sensitive identifiers."""
@@ -221,8 +222,14 @@ class OmnisendServer:
             for account in self._store.accounts.values():
                 found = self._store.by_email(account, email)
                 if found is not None:
-                    return copy.deepcopy(found)
+                    return render_contact(found, LATEST)
         return None
+
+    def welcome_messages(self) -> list[str]:
+        """Emails that were sent a welcome message: a write that subscribed them with
+        `sendWelcomeMessage` true (its default in 2026-03-15; false in v5)."""
+        with self._store.lock:
+            return [e for account in self._store.accounts.values() for e in account.welcomed]
 
     def batches(self) -> list[dict[str, Any]]:
         """Every batch (all accounts), oldest first, as GET /batches/{id} renders it."""

@@ -90,6 +90,7 @@ class Account:
     by_phone: dict[str, str] = field(default_factory=dict)
     batches: list[Batch] = field(default_factory=list)
     batch_by_id: dict[str, Batch] = field(default_factory=dict)
+    welcomed: list[str] = field(default_factory=list)  # emails a welcome message went to
 
 
 def identifier(contact: Contact, kind: str) -> dict[str, Any] | None:
@@ -328,8 +329,4 @@ class Store:
 
     def all_contacts(self) -> list[Contact]:
         with self.lock:
-            return [
-                copy.deepcopy(acc.contacts[cid])
-                for acc in self.accounts.values()
-                for cid in acc.order
-            ]
+            return [acc.contacts[cid] for acc in self.accounts.values() for cid in acc.order]

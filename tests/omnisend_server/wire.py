@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from .errors import ApiError, FieldError, validation_error
 from .store import Batch, BatchItem, Contact
+from .validation import STRING_FIELDS
 
 SUPPORTED_VERSION = "2026-03-15"
 RETIRED_VERSIONS = frozenset(("2024-01-01", "2024-10-01", "2025-01-01", "2025-06-01"))
@@ -47,8 +48,17 @@ def split_path(path: str) -> tuple[Generation | None, str]:
     return None, path
 
 
+KEY_ORDER = {
+    key: i
+    for i, key in enumerate(
+        ("id", "identifiers", *STRING_FIELDS, "customProperties", "tags", "createdAt", "updatedAt")
+    )
+}
+
+
 def render_contact(contact: Contact, gen: Generation) -> dict[str, Any]:
-    out = copy.deepcopy(contact)
+    """A deep copy in a stable, readable key order; v5 renames the id and timestamps."""
+    out = copy.deepcopy(dict(sorted(contact.items(), key=lambda kv: KEY_ORDER.get(kv[0], 99))))
     if gen.is_v5:
         out = {("contactID" if k == "id" else k): v for k, v in out.items()}
         for ident in out.get("identifiers", []):
