@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import hashlib
 import ipaddress
 import json
@@ -53,6 +54,7 @@ class Settings:
     sync_mode: str
     mirror_max_removal_ratio: float
     mirror_trigger: str
+    summary_path: str | None
 
     def tags_for(self, stream: str) -> tuple[str, ...]:
         """The segment tag of a stream plus the static tags, in a stable order."""
@@ -104,6 +106,8 @@ def _number(config: Mapping[str, Any], key: str, default: float, low: float, hig
     value = config.get(key)
     if value is None:
         return default
+    if isinstance(value, decimal.Decimal):
+        value = float(value)  # the SDK parses JSON numbers as Decimal
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{key} must be a number from {low:g} to {high:g} (got {value!r})")
     return value
@@ -191,4 +195,5 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         sync_mode=sync_mode,
         mirror_max_removal_ratio=_number(config, "mirror_max_removal_ratio", 0.5, 0, 1),
         mirror_trigger=mirror_trigger,
+        summary_path=config.get("summary_path") or None,
     )

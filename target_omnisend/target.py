@@ -448,6 +448,12 @@ class TargetOmnisend(Target):
             cls._exit(f"Run failed: {exc}. No STATE was emitted past the last delivered record.")
         except json.JSONDecodeError as exc:
             cls._exit(f"Input is not Singer JSON (line {exc.lineno}): {exc.msg}")
+        except Exception as exc:  # a bug or an unforeseen input: still one line, no STATE
+            cls.logger.debug("Unexpected error", exc_info=True)
+            cls._exit(
+                f"Run failed: {type(exc).__name__}: {exc}. No STATE was emitted past the last "
+                "delivered record (set log level DEBUG for the traceback)."
+            )
 
     @classmethod
     def _exit(cls, message: str, code: int = 1) -> None:

@@ -78,7 +78,7 @@ def sample_records() -> list[dict[str, Any]]:
 
 
 def segment_messages(
-    records: list[dict[str, Any]], stream: str = "vip_buyers", key: str | None = "customer_id"
+    records: list[dict[str, Any]], stream: str = "vip_buyers", key: str | None = None
 ) -> list[dict[str, Any]]:
     return list(singer_messages(records, stream, key))
 

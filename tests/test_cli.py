@@ -37,7 +37,7 @@ def test_sample_segment_is_delivered_and_every_record_accounted_for(
     server: OmnisendServer, config: dict, tmp_path: Path
 ) -> None:
     records = sample_records()
-    run = run_target(config, segment_messages(records), workdir=tmp_path)
+    run = run_target(config, segment_messages(records, key="customer_id"), workdir=tmp_path)
 
     assert run.returncode == 0, run.stderr[-2000:]
     stored = {stored_email(c) for c in server.contacts()}
@@ -70,7 +70,7 @@ def test_contact_fields_are_mapped_normalised_and_tag_free(
         "lifetime_value": 1234.5,
         "tags": ["should-not-be-sent"],
     }
-    run = run_target(config, segment_messages([record]), workdir=tmp_path)
+    run = run_target(config, segment_messages([record], key=None), workdir=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
 
     contact = server.contact("zoe.muller@example.com")
@@ -83,7 +83,7 @@ def test_contact_fields_are_mapped_normalised_and_tag_free(
     assert contact["gender"] == "f"
     assert "state" not in contact or contact["state"] in (None, "")
     assert contact["customProperties"] == {"loyalty_tier": "gold", "lifetime_value": 1234.5}
-    assert not contact.get("tags")
+    assert contact["tags"] == ["segment:vip_buyers"]  # the segment tag, not the record's
     assert server.contact("Zoe.Muller@Example.COM") is None
 
 
@@ -104,7 +104,8 @@ def test_existing_subscriber_keeps_their_status(
                         "email": {"status": "subscribed", "statusChangedAt": "2025-06-01T00:00:00Z"}
                     },
                 }
-            ]
+            ],
+            "tags": ["bought-in-store"],
         },
         timeout=10,
     )
@@ -118,6 +119,8 @@ def test_existing_subscriber_keeps_their_status(
     contact = server.contact("fan@example.com")
     assert contact["firstName"] == "Fan"
     assert contact["identifiers"][0]["channels"]["email"]["status"] == "subscribed"
+    # Tags set by other tools survive: ours are added, never written over theirs.
+    assert sorted(contact["tags"]) == ["bought-in-store", "segment:vip_buyers"]
 
 
 def test_records_omnisend_refuses_go_to_the_rejected_file_with_its_reason(
