@@ -150,9 +150,10 @@ class OmnisendClient:
                 self.stats.count(0)
             else:
                 self.stats.count(response.status_code)
-                limiter.observe(response.headers)
                 payload = _json_or_none(response)
                 status = response.status_code
+                if status != 429:
+                    limiter.observe(response.headers)
                 if 200 <= status < 300:
                     if payload is not None or method in {"DELETE"} or not response.content:
                         return payload

@@ -77,12 +77,11 @@ class WindowLimiter:
             self._cond.notify_all()
 
     def pause(self, seconds: float) -> None:
-        """The server said 429: nothing more goes out until it says the window resets."""
+        """The server said 429: nothing goes out until the time it named (Retry-After,
+        retryAfter or the window reset, in that order), then a fresh window starts."""
         with self._cond:
             self._remaining = 0
-            until = self._clock() + max(seconds, 0.0)
-            if self._window_end is None or until > self._window_end:
-                self._window_end = until
+            self._window_end = self._clock() + max(seconds, 0.0)
 
 
 class RateLimits:

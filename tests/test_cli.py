@@ -169,7 +169,12 @@ def test_transient_server_errors_and_429s_are_retried(
     server: OmnisendServer, config: dict, tmp_path: Path
 ) -> None:
     server.add_fault(FaultRule(method="POST", path="/batches", kind="status", status=503, times=2))
-    server.add_fault(FaultRule(method="POST", path="/batches", kind="rate_limit", times=1))
+    # Retry-After (header) wins over the body's retryAfter and the window reset.
+    server.add_fault(
+        FaultRule(
+            method="POST", path="/batches", kind="rate_limit", times=1, headers={"Retry-After": "1"}
+        )
+    )
     records = [{"email": f"r{i}@example.com"} for i in range(250)]
     run = run_target(config, segment_messages(records, key=None), workdir=tmp_path)
 
