@@ -22,6 +22,8 @@ class ApiGeneration:
     prefix: str
     id_field: str
     status_date_field: str
+    #: v5 has no tags endpoint, and tags in a contact body replace the contact's tags.
+    has_tags_endpoint: bool = True
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         if self.name == "v5":
@@ -52,7 +54,7 @@ class ApiGeneration:
 
 GENERATIONS: dict[str, ApiGeneration] = {
     LATEST_VERSION: ApiGeneration(LATEST_VERSION, "/api", "id", "statusChangedAt"),
-    "v5": ApiGeneration("v5", "/v5", "contactID", "statusDate"),
+    "v5": ApiGeneration("v5", "/v5", "contactID", "statusDate", has_tags_endpoint=False),
 }
 
 

@@ -57,7 +57,10 @@ class Settings:
     summary_path: str | None
 
     def tags_for(self, stream: str) -> tuple[str, ...]:
-        """The segment tag of a stream plus the static tags, in a stable order."""
+        """The segment tag of a stream plus the static tags, in a stable order (none on a
+        generation without a tags endpoint: the target warns about that once)."""
+        if not self.generation.has_tags_endpoint:
+            return ()
         tags = [self.segment_tag.format(stream_name=stream)] if self.segment_tag else []
         tags += [t for t in self.tags if t not in tags]
         return tuple(tags)
@@ -170,6 +173,19 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         raise ConfigError(
             f"mirror_trigger must be one of {', '.join(MIRROR_TRIGGERS)} (got {mirror_trigger!r})"
         )
+    if not GENERATIONS[version].has_tags_endpoint:
+        # The default segment tag is skipped with a warning; settings that exist only
+        # for tagging cannot work at all, so they stop the run before it starts.
+        if tags:
+            raise ConfigError(
+                f"tags need api_version {next(iter(GENERATIONS))}: Omnisend {version} has no "
+                "tags endpoint (tags in a contact body would replace the contact's tags)"
+            )
+        if sync_mode == "mirror":
+            raise ConfigError(
+                f"sync_mode mirror needs api_version {next(iter(GENERATIONS))}: it removes the "
+                f"segment tag, and Omnisend {version} has no tags endpoint"
+            )
     max_concurrency = int(_number(config, "max_concurrency", 4, 1, 32))
     return Settings(
         api_key=api_key.strip(),

@@ -207,13 +207,15 @@ CONFIG_SCHEMA = th.PropertiesList(
         title="Segment tag",
         description="Tag added to every contact of a stream, through Omnisend's tags endpoint "
         "(never the contact body, which would replace the contact's tags); `{stream_name}` "
-        "is replaced by the stream name. Empty disables tagging.",
+        "is replaced by the stream name. Empty disables tagging. API v5 has no tags "
+        "endpoint: there the segment tag is skipped with a warning.",
     ),
     th.Property(
         "tags",
         th.ArrayType(th.StringType),
         title="Static tags",
-        description="Tags added to every contact, the same way as the segment tag.",
+        description="Tags added to every contact, the same way as the segment tag "
+        "(api_version 2026-03-15 only).",
     ),
     th.Property(
         "sync_mode",
@@ -223,7 +225,8 @@ CONFIG_SCHEMA = th.PropertiesList(
         title="Sync mode",
         description="upsert: add and update segment members. mirror: also remove the segment "
         "tag from contacts that carry it in Omnisend but were not in this run (never deletes "
-        "contacts; guarded, see mirror_max_removal_ratio and mirror_trigger).",
+        "contacts; guarded, see mirror_max_removal_ratio and mirror_trigger). mirror needs "
+        "api_version 2026-03-15.",
     ),
     th.Property(
         "mirror_trigger",
@@ -293,6 +296,14 @@ class TargetOmnisend(Target):
         super().__init__(*args, **kwargs)
         self.started_at = time.monotonic()
         self.settings = load_settings(self.config)
+        if self.settings.segment_tag and not self.settings.generation.has_tags_endpoint:
+            self.logger.warning(
+                "segment_tag is not applied: Omnisend API %s has no tags endpoint, so contacts "
+                "are delivered untagged. Use api_version %s for segment tags, or set "
+                "segment_tag to an empty string to silence this warning.",
+                self.settings.generation.name,
+                LATEST_VERSION,
+            )
         self.outcomes = Outcomes(self.settings.rejected_records_path, self.logger)
         self.client = OmnisendClient(
             base_url=self.settings.api_url,
