@@ -10,6 +10,7 @@ from typing import Any
 
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
+from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
 from target_omnisend.api import DEFAULT_API_URL, GENERATIONS, LATEST_VERSION
@@ -21,6 +22,7 @@ from target_omnisend.mirror import mirror_stream
 from target_omnisend.outcomes import Outcomes
 from target_omnisend.privacy import redact
 from target_omnisend.ratelimit import RateLimits
+from target_omnisend.reader import SingerInput
 from target_omnisend.settings import (
     DEFAULT_SEGMENT_TAG,
     DEFAULT_STORE,
@@ -291,6 +293,8 @@ class TargetOmnisend(Target):
     name = "target-omnisend"
     config_jsonschema = CONFIG_SCHEMA
     default_sink_class = ContactsSink
+    #: Input errors name the line number, never the line (it may hold a profile).
+    message_reader_class = SingerInput
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -457,6 +461,10 @@ class TargetOmnisend(Target):
             cls._exit(f"Invalid configuration: {errors}", code=2)
         except FatalSyncError as exc:
             cls._exit(f"Run failed: {exc}. No STATE was emitted past the last delivered record.")
+        except InvalidInputLine as exc:
+            cls._exit(
+                f"Input is not Singer: {exc}. No STATE was emitted past the last delivered record."
+            )
         except json.JSONDecodeError as exc:
             cls._exit(f"Input is not Singer JSON (line {exc.lineno}): {exc.msg}")
         except Exception as exc:  # a bug or an unforeseen input: still one line, no STATE

@@ -1,0 +1,61 @@
+"""Reading Singer lines without echoing them: an input line may hold personal data.
+
+The SDK's reader logs a traceback with the whole line when it is not JSON, and quotes
+the whole message when a required key is missing; both put profiles in the logs. This
+reader raises the SDK's own `InvalidInputLine` naming only the line number. It also
+reads standard input the same way under every locale: bytes that are not UTF-8 become
+lone surrogates (rather than stopping the run under a UTF-8 locale and not under C),
+so the mapping rejects just the records that hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from singer_sdk.io_base import SingerReader
+from singer_sdk.singerlib.exceptions import InvalidInputLine
+from singer_sdk.singerlib.json import deserialize_json
+
+
+class SingerInput(SingerReader):
+    """The SDK's reader, with errors that name a line number and never its content."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line_number = 0
+
+    def process_lines(
+        self, file_input: IO[str] | None, callbacks: dict[str, Callable[[dict], None]]
+    ) -> Any:
+        source = file_input or self.default_input
+        if source is sys.stdin and hasattr(source, "reconfigure"):
+            source.reconfigure(errors="surrogateescape")
+        return super().process_lines(self._numbered(source), callbacks)  # type: ignore[arg-type]
+
+    def _numbered(self, lines: IO[str]) -> Iterator[str]:
+        for self.line_number, line in enumerate(lines, 1):
+            if line.strip():  # a blank line carries no message: skip it
+                yield line
+
+    def deserialize_json(self, line: str) -> dict:
+        try:
+            message = deserialize_json(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputLine(
+                f"line {self.line_number} is not JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        if not isinstance(message, dict):
+            raise InvalidInputLine(
+                f"line {self.line_number} is a JSON {type(message).__name__}, not a message"
+            )
+        return message
+
+    def assert_line_requires(self, line_dict: dict, requires: set[str]) -> None:  # type: ignore[override]
+        missing = sorted(requires - set(line_dict))
+        if missing:
+            raise InvalidInputLine(
+                f"line {self.line_number} is missing required key(s) {', '.join(missing)}"
+            )
