@@ -138,6 +138,24 @@ def _email_problem(email: str) -> str | None:
     return None
 
 
+def undecodable(value: Any) -> bool:
+    """Input bytes that were not UTF-8 reach the sink as lone surrogates (the reader
+    decodes with `surrogateescape`): such text can be neither sent nor stored as UTF-8."""
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(undecodable(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(undecodable(k) or undecodable(v) for k, v in value.items())
+    return False
+
+
 def _text(value: Any) -> str | None:
     """Scalars become trimmed strings; empties and containers become None (omitted)."""
     if value is None or isinstance(value, (dict, list, tuple, set)):
@@ -229,6 +247,14 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
     email = normalize_email(get_path(record, config.email_field))
     if isinstance(email, Rejection):
         return email
+    sources = [config.source_field(a) for a in STANDARD_ATTRIBUTES]
+    sources += [*config.custom_properties.values(), config.status_field or ""]
+    for source in sources:
+        if source and undecodable(get_path(record, source)):
+            return Rejection(
+                "invalid_encoding",
+                f"field {source!r} holds bytes that are not UTF-8 (fix the source's encoding)",
+            )
     warnings: list[str] = []
     body: dict[str, Any] = {}
 

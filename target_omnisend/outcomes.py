@@ -111,7 +111,9 @@ class Outcomes:
             if self._path is not None:
                 if self._file is None:
                     self._path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = self._path.open("a", encoding="utf-8")
+                    # Bytes that were not UTF-8 (lone surrogates) are kept as \udcXX
+                    # escapes: the line stays valid JSON and reads back as it came.
+                    self._file = self._path.open("a", encoding="utf-8", errors="backslashreplace")
                 self._file.write(line + "\n")
                 self._file.flush()
         self.logger.warning(
