@@ -34,6 +34,14 @@ STANDARD_ATTRIBUTES: dict[str, str] = {
 }
 EMAIL_STATUSES: tuple[str, ...] = ("subscribed", "unsubscribed", "nonSubscribed")
 
+#: Omnisend documents no length limits for contact attributes. Free-text attributes
+#: longer than this are cut (with a counted warning) rather than risk a refusal or an
+#: oversized batch: 255 characters is the common column size for names and addresses.
+MAX_TEXT_LENGTH = 255
+FREE_TEXT_ATTRIBUTES = frozenset(
+    ("first_name", "last_name", "address", "city", "state", "postal_code", "country")
+)
+
 #: Omnisend keeps the email status with the latest `statusChangedAt`. The default
 #: status for new contacts is sent with this old date so that it lands on contacts
 #: the export creates but never overrides the status an existing contact already has.
@@ -168,6 +176,14 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def clip_text(text: str, limit: int = MAX_TEXT_LENGTH) -> tuple[str, bool]:
+    """Cut `text` to at most `limit` characters (code points, never half a surrogate
+    pair: Python strings are code points); say whether it was cut."""
+    if len(text) <= limit:
+        return text, False
+    return text[:limit].rstrip(), True
+
+
 def normalize_birthdate(value: Any) -> str | None:
     """Omnisend wants YYYY-MM-DD; the SDK may already have parsed it to a datetime."""
     if isinstance(value, dt.datetime):
@@ -276,6 +292,10 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
         if value is None:
             warnings.append(f"{attribute} has an unusable value: dropped")
             continue
+        if attribute in FREE_TEXT_ATTRIBUTES:
+            value, clipped = clip_text(value)
+            if clipped:
+                warnings.append(f"{attribute} longer than {MAX_TEXT_LENGTH} characters: truncated")
         body[body_field] = value
 
     identifier: dict[str, Any] = {
