@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MELTANO_VENV := .venv-meltano
+TAP_PG_VENV := .venv-tap-postgres
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean postgres-server
 
 $(BIN)/target-omnisend: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,13 +19,30 @@ $(MELTANO_VENV)/bin/meltano:
 	$(PYTHON) -m venv $(MELTANO_VENV)
 	PIP_DISABLE_PIP_VERSION_CHECK=1 $(MELTANO_VENV)/bin/pip install -q 'meltano>=4,<5'
 
+# The Postgres end-to-end test reads with meltanolabs-tap-postgres, which pins its own
+# singer-sdk and SQLAlchemy: a venv of its own too.
+$(TAP_PG_VENV)/bin/tap-postgres:
+	$(PYTHON) -m venv $(TAP_PG_VENV)
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(TAP_PG_VENV)/bin/pip install -q 'meltanolabs-tap-postgres==0.10.0'
+
+# PostgreSQL server binaries for that test (Debian keeps them in /usr/lib/postgresql/*/bin).
+# Needs root; a no-op when they are there. The test starts a throwaway cluster itself.
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "PostgreSQL server binaries present"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+
 install: $(BIN)/target-omnisend
 
 demo: install
 	$(BIN)/python scripts/demo.py
 
-test: install $(MELTANO_VENV)/bin/meltano
-	MELTANO_BIN=$(abspath $(MELTANO_VENV))/bin/meltano $(BIN)/python -m pytest
+test: install $(MELTANO_VENV)/bin/meltano $(TAP_PG_VENV)/bin/tap-postgres
+	MELTANO_BIN=$(abspath $(MELTANO_VENV))/bin/meltano \
+	TAP_POSTGRES_BIN=$(abspath $(TAP_PG_VENV))/bin/tap-postgres \
+	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -33,4 +51,4 @@ bench: install
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) $(MELTANO_VENV) .meltano output
+	rm -rf $(VENV) $(MELTANO_VENV) $(TAP_PG_VENV) .meltano output
