@@ -44,6 +44,7 @@ from tests.test_cli import stored_email
 pytestmark = pytest.mark.e2e
 
 VIP_THRESHOLD = 5000
+TWIN = "twin.account@example.com"  # two customer rows, one person: one contact
 STREAM = "public-vip_buyers"  # tap-postgres names streams <schema>-<table or view>
 
 
@@ -264,8 +265,8 @@ def customers(count: int = 400, seed: int = 20260315) -> list[dict[str, Any]]:
     # Realistic edges inside the segment: one customer with two accounts whose emails
     # differ only by case (Omnisend would make them one contact), and one VIP exactly
     # at the threshold (the WHERE clause says '>': not in the segment).
-    rows[10].update(email="Twin.Account@Example.com", lifetime_value=12000.0)
-    rows[11].update(email="twin.account@example.com", lifetime_value=13000.0)
+    rows[10].update(email=TWIN.title(), lifetime_value=12000.0)
+    rows[11].update(email=TWIN, lifetime_value=13000.0)
     rows[12].update(email="edge.case@example.com", lifetime_value=float(VIP_THRESHOLD))
     return rows
 
@@ -310,7 +311,7 @@ CREATE VIEW vip_buyers AS
 # -- the pipeline ----------------------------------------------------------------------
 
 
-def tap_config(cluster: Cluster, workdir: Path) -> Path:
+def tap_config(cluster: Cluster, workdir: Path, database: str = "shop") -> Path:
     path = workdir / "tap.json"
     path.write_text(
         json.dumps(
@@ -319,7 +320,7 @@ def tap_config(cluster: Cluster, workdir: Path) -> Path:
                 "port": cluster.port,
                 "user": "postgres",
                 "password": "unused-trust-auth",
-                "database": "shop",
+                "database": database,
                 "filter_schemas": ["public"],
             }
         )
@@ -338,6 +339,24 @@ def select_only(catalog: dict[str, Any], stream_id: str) -> dict[str, Any]:
                 entry["metadata"]["selected"] = chosen
     assert found, [s["tap_stream_id"] for s in catalog["streams"]]
     return catalog
+
+
+def discover(tap: Path, tap_cfg: Path, workdir: Path) -> Path:
+    """`tap-postgres --discover`, then a catalog with only the view's stream selected."""
+    discovered = subprocess.run(
+        [str(tap), "--config", str(tap_cfg), "--discover"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert discovered.returncode == 0, discovered.stderr[-3000:]
+    catalog = json.loads(discovered.stdout)
+    streams = {s["tap_stream_id"] for s in catalog["streams"]}
+    assert {STREAM, "public-customers"} <= streams  # views are discovered like tables
+    path = workdir / "catalog.json"
+    path.write_text(json.dumps(select_only(catalog, STREAM)))
+    return path
 
 
 def run_pipeline(
@@ -379,19 +398,7 @@ def test_vip_view_segment_from_postgres_is_delivered(
     cluster: Cluster, tap: Path, server: OmnisendServer, tmp_path: Path
 ) -> None:
     tap_cfg = tap_config(cluster, tmp_path)
-    discovered = subprocess.run(
-        [str(tap), "--config", str(tap_cfg), "--discover"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert discovered.returncode == 0, discovered.stderr[-3000:]
-    catalog = json.loads(discovered.stdout)
-    streams = {s["tap_stream_id"] for s in catalog["streams"]}
-    assert {STREAM, "public-customers"} <= streams
-    catalog_path = tmp_path / "catalog.json"
-    catalog_path.write_text(json.dumps(select_only(catalog, STREAM)))
+    catalog_path = discover(tap, tap_cfg, tmp_path)
 
     rejected_path = tmp_path / "rejected.jsonl"
     target_cfg = {
@@ -431,19 +438,79 @@ def test_vip_view_segment_from_postgres_is_delivered(
     ]
     assert any(json.loads(line).get("bookmarks") for line in out.splitlines() if line.strip())
 
-    # Unicode and types survive Postgres -> tap -> target -> Omnisend.
-    source = cluster.rows(
-        "shop",
-        "SELECT lower(trim(email)) AS email, first_name, last_name, upper(country_code) AS cc, "
-        "lifetime_value, loyalty_tier FROM vip_buyers WHERE email ~ '^[a-z0-9.]+@example\\.com$' "
-        "ORDER BY customer_id LIMIT 5",
-    )
-    assert source
-    for row in source:
-        contact = server.contact(row["email"])
-        assert contact is not None, row["email"]
-        assert contact["firstName"] == row["first_name"]
-        assert contact["lastName"] == row["last_name"]
-        assert contact["customProperties"]["loyalty_tier"] == row["loyalty_tier"]
-        assert float(contact["customProperties"]["lifetime_value"]) == float(row["lifetime_value"])
+    # Every field survives Postgres -> tap -> target -> Omnisend (unicode names, numerics,
+    # dates, country codes normalised or dropped when unknown).
+    twins = {cid for cid, email in emails.items() if (email or "").lower() == TWIN}
+    checked = 0
+    for row in cluster.rows("shop", "SELECT * FROM vip_buyers ORDER BY customer_id"):
+        if int(row["customer_id"]) in broken_ids | twins:
+            continue
+        contact = server.contact(row["email"].strip().lower())
+        assert contact is not None, row["customer_id"]
+        assert (contact["firstName"], contact["lastName"]) == (row["first_name"], row["last_name"])
+        assert contact.get("city") == (row["city"] or None)
+        code = row["country_code"].upper()
+        assert contact.get("countryCode") == (code if code and code != "XX" else None), row
+        assert contact.get("birthdate") == (row["birthdate"] or None)
+        assert contact["customProperties"] == {
+            "lifetime_value": float(row["lifetime_value"]),
+            "loyalty_tier": row["loyalty_tier"],
+        }
         assert contact["tags"] == [f"segment:{STREAM}"]
+        checked += 1
+    assert checked == len(stored) - 1
+
+
+def test_segment_changes_in_the_view_reach_omnisend_on_the_next_run(
+    cluster: Cluster, tap: Path, server: OmnisendServer, tmp_path: Path
+) -> None:
+    """The view is re-read in full each run; only what changed is sent again, and only
+    a contact new to the segment costs a tag call."""
+    cluster.psql("postgres", "CREATE DATABASE shop_rerun TEMPLATE shop;")
+    try:
+        tap_cfg = tap_config(cluster, tmp_path, database="shop_rerun")
+        catalog = discover(tap, tap_cfg, tmp_path)
+        target_cfg = {
+            "api_key": API_KEY,
+            "api_url": server.url,
+            "rejected_records_path": str(tmp_path / "rejected.jsonl"),
+            "fingerprint_store_path": str(tmp_path / "fingerprints.sqlite"),
+            "batch_poll_interval": 0.05,
+        }
+        first = run_pipeline(tap, tap_cfg, catalog, target_cfg, tmp_path)
+        assert first[:2] == (0, 0), first[3][-3000:]
+        members = len(server.contacts())
+        batches_before = len(server.batches())
+        tag_calls_before = server.count(method="POST", path_prefix="/contacts/tags")
+
+        joiner = cluster.rows(
+            "shop_rerun",
+            "SELECT customer_id, lower(trim(email)) AS email FROM customers "
+            f"WHERE lifetime_value < {VIP_THRESHOLD} AND email ~ '^[a-z0-9.]+@example\\.com$' "
+            "ORDER BY customer_id LIMIT 1",
+        )[0]
+        renamed = cluster.rows(
+            "shop_rerun",
+            "SELECT customer_id, lower(trim(email)) AS email FROM vip_buyers "
+            f"WHERE email ~ '^[a-z0-9.]+@example\\.com$' AND lower(email) <> '{TWIN}' "
+            "ORDER BY customer_id LIMIT 1",
+        )[0]
+        cluster.psql(
+            "shop_rerun",
+            f"UPDATE customers SET lifetime_value = 25000 WHERE customer_id = "
+            f"{joiner['customer_id']};\n"
+            f"UPDATE customers SET first_name = 'Zoë-Renée' WHERE customer_id = "
+            f"{renamed['customer_id']};",
+        )
+        second = run_pipeline(tap, tap_cfg, catalog, target_cfg, tmp_path)
+        assert second[:2] == (0, 0), second[3][-3000:]
+
+        new_batches = server.batches()[batches_before:]
+        assert sum(b["totalCount"] for b in new_batches) == 2  # the joiner and the renamed
+        assert len(server.contacts()) == members + 1
+        assert server.contact(joiner["email"])["tags"] == [f"segment:{STREAM}"]
+        assert server.contact(renamed["email"])["firstName"] == "Zoë-Renée"
+        tag_calls = server.count(method="POST", path_prefix="/contacts/tags") - tag_calls_before
+        assert tag_calls == 1  # the joiner only; the renamed member is tagged already
+    finally:
+        cluster.psql("postgres", "DROP DATABASE IF EXISTS shop_rerun WITH (FORCE);")
