@@ -354,6 +354,8 @@ def fault_config(slow_server: OmnisendServer, tmp_path: Path) -> dict[str, Any]:
         "batch_poll_interval": 0.05,
         "request_timeout": 2,
         "max_retries": 4,
+        # The local server has no rate limit unless a fault says so: no client pacing.
+        "requests_per_minute": 100_000,
         "tags_requests_per_minute": 100_000,
     }
 
