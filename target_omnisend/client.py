@@ -142,8 +142,16 @@ class OmnisendClient:
         while True:
             limiter.acquire()
             try:
+                # Never follow a redirect: it would carry the key (v5's X-API-KEY header
+                # survives a change of host) and, on 307/308, the profiles elsewhere.
                 response = self._session.request(
-                    method, target, params=params, data=data, headers=headers, timeout=self.timeout
+                    method,
+                    target,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
                 )
             except (requests.Timeout, requests.ConnectionError) as exc:
                 last_problem = f"{type(exc).__name__} talking to Omnisend"
@@ -171,6 +179,11 @@ class OmnisendClient:
                             "check for other integrations sharing this account"
                         )
                     continue
+                elif 300 <= status < 400:
+                    raise FatalAPIError(
+                        f"Omnisend answered {method} {path} with a redirect (HTTP {status}), "
+                        "which is not followed: set api_url to the API's own address"
+                    )
                 elif status in (401, 403):
                     raise AuthenticationError(
                         f"Omnisend refused the API key (HTTP {status}): "
