@@ -65,6 +65,10 @@ class ContactsSink(BatchSink):
             self.tally_duplicate_merged()
         pending[result.email] = Item(self.stream_name, result.email, result.body, record)
 
+    def _after_process_record(self, context: dict) -> None:
+        """The SDK logs the whole pending context here at DEBUG — every profile of the
+        batch, again for each record (quadratic, and personal data in the log)."""
+
     def process_batch(self, context: dict) -> None:
         """Skip what Omnisend already has, then hand the rest over in Omnisend-sized
         batches; confirmation happens in the background and the target waits for it
