@@ -215,7 +215,7 @@ class OmnisendClient:
                 "%s %s failed (%s); retry %d/%d in %.1fs",
                 method,
                 path,
-                last_problem,
+                redact(last_problem, self._api_key),  # error bodies may echo the key
                 failures,
                 self.max_retries,
                 delay,
