@@ -94,6 +94,7 @@ def generate(path: Path, count: int, seed: int = 7) -> None:
 @dataclass
 class Measure:
     seconds: float
+    cpu_seconds: float
     peak_rss_mb: float
     returncode: int
     stderr: str
@@ -115,7 +116,13 @@ def measure(command: list[str], input_path: Path, env: dict[str, str] | None = N
         seconds = time.perf_counter() - start
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
-    return Measure(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), stderr)
+    return Measure(
+        seconds,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+        os.waitstatus_to_exitcode(status),
+        stderr,
+    )
 
 
 class ServerProcess:
@@ -199,6 +206,7 @@ def main() -> None:
                 input_path,
                 server,
                 requests_per_minute=10_000_000,
+                tags_requests_per_minute=10_000_000,
                 max_concurrency=args.concurrency,
                 batch_poll_interval=0.05,
             )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import requests.auth
 from requests.adapters import HTTPAdapter
 
 from target_omnisend.api import ApiGeneration, problem_summary
@@ -100,13 +101,10 @@ class OmnisendClient:
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
-        self._session.headers.update(
-            {
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-                **generation.auth_headers(api_key),
-            }
-        )
+        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        # Auth as a requests auth object: the idiomatic place, and it stops requests
+        # from searching ~/.netrc on every call (measurable at millions of contacts).
+        self._session.auth = _HeaderAuth(generation.auth_headers(api_key))
 
     def close(self) -> None:
         self._session.close()
@@ -120,6 +118,7 @@ class OmnisendClient:
         *,
         params: dict[str, Any] | None = None,
         body: Any = None,
+        raw: bytes | None = None,
         group: str = "default",
         url: str | None = None,
     ) -> Any:
@@ -129,11 +128,9 @@ class OmnisendClient:
         refused key, `DeliveryError` when the retry budget is spent.
         """
         target = url or f"{self.root}{path}"
-        data = (
-            json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-            if body is not None
-            else None
-        )
+        data = raw
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"} if data is not None else None
         limiter = self.limits[group]
         failures = 0
@@ -233,13 +230,17 @@ class OmnisendClient:
                 f"Omnisend refused the connection check ({exc}); check api_url and api_version"
             ) from exc
 
-    def create_batch(self, items: list[dict[str, Any]]) -> str:
-        body = {
-            "method": "POST",
-            "endpoint": "contacts",
-            "items": [self.generation.contact_body(i) for i in items],
-        }
-        payload = self.call("POST", "/batches", body=body)
+    def encode_contact(self, body: dict[str, Any]) -> str:
+        """A contact's wire JSON, made once: it is both what is sent and what the
+        fingerprint store remembers (serialising twice cost a tenth of a run's CPU)."""
+        return json.dumps(
+            self.generation.contact_body(body), separators=(",", ":"), ensure_ascii=False
+        )
+
+    def create_batch(self, payloads: list[str]) -> str:
+        """One batch from contacts already encoded by `encode_contact`."""
+        text = '{"method":"POST","endpoint":"contacts","items":[' + ",".join(payloads) + "]}"
+        payload = self.call("POST", "/batches", raw=text.encode("utf-8"))
         batch_id = payload.get("batchID") if isinstance(payload, dict) else None
         if not batch_id:
             raise DeliveryError("Omnisend accepted a batch but returned no batchID")
@@ -278,6 +279,18 @@ class OmnisendClient:
                 payload = self.call("GET", path, url=following) or {}
             else:
                 payload = self.call("GET", path, params={**params, **following}) or {}
+
+
+class _HeaderAuth(requests.auth.AuthBase):
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers.update(self._headers)
+        return request
+
+    def __repr__(self) -> str:
+        return "<Omnisend API key auth>"  # never the key
 
 
 def _json_or_none(response: requests.Response) -> Any:

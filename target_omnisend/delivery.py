@@ -46,6 +46,7 @@ class Item:
     email: str
     body: dict[str, Any]
     record: Any
+    payload: str = ""
     fingerprint: bytes | None = None
     tags: tuple[str, ...] = ()
     attempts: int = 0
@@ -190,7 +191,7 @@ class DeliveryEngine:
         if self._error is not None:
             return
         try:
-            batch_id = self.client.create_batch([item.body for item in job.items])
+            batch_id = self.client.create_batch([item.payload for item in job.items])
         except RequestRefused as exc:
             self._refused(job, exc)
             return

@@ -12,7 +12,7 @@ import decimal
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +166,8 @@ def undecodable(value: Any) -> bool:
 
 def _text(value: Any) -> str | None:
     """Scalars become trimmed strings; empties and containers become None (omitted)."""
+    if type(value) is str:  # the common case, first (runs for every attribute of every record)
+        return value.strip() or None
     if value is None or isinstance(value, (dict, list, tuple, set)):
         return None
     if isinstance(value, bool):
@@ -253,6 +255,67 @@ def _custom_value(value: Any) -> Any:
     return json.dumps(value, default=str, sort_keys=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One standard attribute, resolved once per config instead of once per record."""
+
+    attribute: str
+    body_field: str
+    source: str
+    dotted: bool
+    normalize: Callable[[Any], str | None]
+    clip: bool
+
+
+def _country_code(raw: Any) -> str | None:
+    value = _text(raw)
+    value = value.upper() if value else None
+    return value if value in ISO_ALPHA2 else None
+
+
+def _gender(raw: Any) -> str | None:
+    return _GENDERS.get((_text(raw) or "").lower())
+
+
+_NORMALIZERS: dict[str, Callable[[Any], str | None]] = {
+    "birthdate": normalize_birthdate,
+    "country_code": _country_code,
+    "gender": _gender,
+}
+
+
+_PLANS: dict[int, tuple[MappingConfig, tuple[_Step, ...]]] = {}
+
+
+def _plan(config: MappingConfig) -> tuple[_Step, ...]:
+    """Cached per config object (configs hold dicts, so they are not hashable)."""
+    cached = _PLANS.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    plan = _build_plan(config)
+    _PLANS[id(config)] = (config, plan)
+    return plan
+
+
+def _build_plan(config: MappingConfig) -> tuple[_Step, ...]:
+    return tuple(
+        _Step(
+            attribute,
+            body_field,
+            config.source_field(attribute),
+            "." in config.source_field(attribute),
+            _NORMALIZERS.get(attribute, _text),
+            attribute in FREE_TEXT_ATTRIBUTES,
+        )
+        for attribute, body_field in STANDARD_ATTRIBUTES.items()
+        if attribute != "phone"
+    )
+
+
+def _read(record: Mapping[str, Any], source: str, dotted: bool) -> Any:
+    return get_path(record, source) if dotted else record.get(source)
+
+
 def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Rejection:
     """Map one source record to an Omnisend contact body, or say why it cannot be one.
 
@@ -263,40 +326,23 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
     email = normalize_email(get_path(record, config.email_field))
     if isinstance(email, Rejection):
         return email
-    sources = [config.source_field(a) for a in STANDARD_ATTRIBUTES]
-    sources += [*config.custom_properties.values(), config.status_field or ""]
-    for source in sources:
-        if source and undecodable(get_path(record, source)):
-            return Rejection(
-                "invalid_encoding",
-                f"field {source!r} holds bytes that are not UTF-8 (fix the source's encoding)",
-            )
     warnings: list[str] = []
     body: dict[str, Any] = {}
+    raws: list[tuple[str, Any]] = []
 
-    for attribute, body_field in STANDARD_ATTRIBUTES.items():
-        if attribute == "phone":
-            continue
-        raw = get_path(record, config.source_field(attribute))
+    for step in _plan(config):
+        raw = _read(record, step.source, step.dotted)
         if raw is None or raw == "":
             continue
-        if attribute == "birthdate":
-            value = normalize_birthdate(raw)
-        elif attribute == "country_code":
-            value = _text(raw)
-            value = value.upper() if value and value.upper() in ISO_ALPHA2 else None
-        elif attribute == "gender":
-            value = _GENDERS.get((_text(raw) or "").lower())
-        else:
-            value = _text(raw)
+        raws.append((step.source, raw))
+        value = step.normalize(raw)
         if value is None:
-            warnings.append(f"{attribute} has an unusable value: dropped")
+            warnings.append(f"{step.attribute} has an unusable value: dropped")
             continue
-        if attribute in FREE_TEXT_ATTRIBUTES:
-            value, clipped = clip_text(value)
-            if clipped:
-                warnings.append(f"{attribute} longer than {MAX_TEXT_LENGTH} characters: truncated")
-        body[body_field] = value
+        if step.clip and len(value) > MAX_TEXT_LENGTH:
+            value, _ = clip_text(value)
+            warnings.append(f"{step.attribute} longer than {MAX_TEXT_LENGTH} characters: truncated")
+        body[step.body_field] = value
 
     identifier: dict[str, Any] = {
         "type": "email",
@@ -305,8 +351,10 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
         "sendWelcomeMessage": config.send_welcome_message,
     }
     identifiers = [identifier]
-    raw_phone = get_path(record, config.source_field("phone"))
+    phone_source = config.source_field("phone")
+    raw_phone = get_path(record, phone_source)
     if raw_phone not in (None, ""):
+        raws.append((phone_source, raw_phone))
         phone = normalize_phone(raw_phone)
         if phone is None:
             warnings.append("phone is not an international (E.164) number: dropped")
@@ -327,9 +375,20 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
 
     custom: dict[str, Any] = {}
     for name, source in config.custom_properties.items():
-        value = _custom_value(get_path(record, source))
+        raw = get_path(record, source)
+        raws.append((source, raw))
+        value = _custom_value(raw)
         if value is not None:
             custom[name] = value
+    if config.status_field:
+        raws.append((config.status_field, get_path(record, config.status_field)))
+
+    for source, raw in raws:
+        if undecodable(raw):
+            return Rejection(
+                "invalid_encoding",
+                f"field {source!r} holds bytes that are not UTF-8 (fix the source's encoding)",
+            )
 
     contact: dict[str, Any] = {"identifiers": identifiers, **body}
     if custom:

@@ -85,9 +85,11 @@ class ContactsSink(BatchSink):
         )
         changed: list[Item] = []
         unchanged: list[str] = []
+        encode = target.client.encode_contact
         for item in items:
+            item.payload = encode(item.body)
             if store is not None:
-                item.fingerprint = fingerprint(item.body, settings.mapping.run_started_at)
+                item.fingerprint = fingerprint(item.payload, settings.mapping.run_started_at)
             previous = known.get(item.email)
             if previous is not None and previous == item.fingerprint:
                 unchanged.append(item.email)

@@ -9,22 +9,20 @@ the next run send more, never less. A lost or deleted store costs a full send.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 _CHUNK = 500  # SQLite's default limit on host parameters is 999 (older builds)
 
 
-def fingerprint(body: dict[str, Any], run_started_at: str) -> bytes:
-    """Stable across runs: the run's own timestamp (used for undated explicit statuses)
-    must not make every contact look changed."""
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    text = text.replace(run_started_at, "<run>")
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+def fingerprint(payload: str, run_started_at: str) -> bytes:
+    """Of the exact JSON sent (bodies are built in a fixed key order, so equal contacts
+    give equal text). Stable across runs: the run's own timestamp (used for undated
+    explicit statuses) must not make every contact look changed."""
+    text = payload.replace(run_started_at, "<run>")
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def account_scope(api_url: str, api_key: str) -> str:

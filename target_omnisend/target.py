@@ -352,17 +352,17 @@ class TargetOmnisend(Target):
     # -- outcomes reported by the delivery engine --------------------------------------
 
     def delivered_items(self, items: list[Item]) -> None:
-        by_stream: dict[str, int] = {}
+        by_stream: dict[str, list[Item]] = {}
         for item in items:
-            by_stream[item.stream] = by_stream.get(item.stream, 0) + 1
-        for stream, count in by_stream.items():
-            self.outcomes.delivered(stream, count)
-        if self.store is not None:
-            for item in items:
-                if item.fingerprint is not None:
-                    self.store.confirm(
-                        item.stream, [(item.email, item.fingerprint)], self.outcomes.run_id
-                    )
+            by_stream.setdefault(item.stream, []).append(item)
+        for stream, delivered in by_stream.items():
+            self.outcomes.delivered(stream, len(delivered))
+            if self.store is not None:
+                self.store.confirm(
+                    stream,
+                    [(i.email, i.fingerprint) for i in delivered if i.fingerprint is not None],
+                    self.outcomes.run_id,
+                )
 
     def rejected_item(self, item: Item, code: str, reason: str) -> None:
         self.outcomes.rejected(item.stream, item.record, code, reason, email=item.email)

@@ -7,6 +7,7 @@ exactly the reasons POST /contacts would refuse it. It returns a normalised
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -88,16 +89,26 @@ def parse_timestamp(value: str) -> datetime:
 
 def format_timestamp(moment: datetime) -> str:
     moment = moment.astimezone(timezone.utc)
-    base = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{moment.microsecond // 1000:03d}Z" if moment.microsecond else f"{base}Z"
+    # isoformat is several times faster than strftime (a benchmark formats millions)
+    if moment.microsecond:
+        return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+    return moment.isoformat(timespec="seconds")[:-6] + "Z"
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalized_timestamp(value: str) -> str | None:
+    """Clients send the same few timestamps millions of times: parse each once."""
+    try:
+        return format_timestamp(parse_timestamp(value))
+    except ValueError:
+        return None
 
 
 def _check_timestamp(value: Any, where: str, errors: list[FieldError]) -> str | None:
     if isinstance(value, str) and TIMESTAMP_RE.fullmatch(value):
-        try:
-            return format_timestamp(parse_timestamp(value))
-        except ValueError:
-            pass
+        normalized = _normalized_timestamp(value)
+        if normalized is not None:
+            return normalized
     errors.append(
         FieldError(where, "invalid_format", "Must be an RFC 3339 date-time with a time zone")
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -48,6 +48,12 @@ def split_path(path: str) -> tuple[Generation | None, str]:
     return None, path
 
 
+def _clone(value: Any) -> Any:
+    """A deep copy of JSON data; the C JSON codec is several times faster than deepcopy,
+    which matters when a benchmark pushes a million contacts through."""
+    return json.loads(json.dumps(value))
+
+
 KEY_ORDER = {
     key: i
     for i, key in enumerate(
@@ -58,7 +64,7 @@ KEY_ORDER = {
 
 def render_contact(contact: Contact, gen: Generation) -> dict[str, Any]:
     """A deep copy in a stable, readable key order; v5 renames the id and timestamps."""
-    out = copy.deepcopy(dict(sorted(contact.items(), key=lambda kv: KEY_ORDER.get(kv[0], 99))))
+    out = _clone(dict(sorted(contact.items(), key=lambda kv: KEY_ORDER.get(kv[0], 99))))
     if gen.is_v5:
         out = {("contactID" if k == "id" else k): v for k, v in out.items()}
         for ident in out.get("identifiers", []):
@@ -84,7 +90,7 @@ def render_batch(batch: Batch) -> dict[str, Any]:
         "createdAt": batch.created_at,
         "startedAt": batch.started_at,
         "endedAt": batch.ended_at,
-        "errors": copy.deepcopy(batch.errors),
+        "errors": _clone(batch.errors),
         "responses": [],
     }
 
@@ -97,7 +103,7 @@ def render_item(item: BatchItem, contact: Contact | None, gen: Generation, insta
         response = render_contact(contact, gen)
     return {
         "itemID": item.item_id,
-        "request": copy.deepcopy(item.request),
+        "request": _clone(item.request),
         "responseCode": item.response_code,
         "response": response,
         "status": item.status,
