@@ -383,9 +383,10 @@ class TargetOmnisend(Target):
         super()._write_state_message(state)
 
     def _process_activate_version_message(self, message_dict: dict) -> None:
-        """ACTIVATE_VERSION marks a full-table read: the stream may be mirrored."""
-        self.complete_streams.add(message_dict.get("stream", ""))
-        super()._process_activate_version_message(message_dict)
+        """ACTIVATE_VERSION marks a full-table read: the stream may be mirrored. Contacts
+        have no table versions to switch, so that is all it means here."""
+        self._assert_line_requires(message_dict, requires={"stream"})
+        self.complete_streams.add(message_dict["stream"])
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
