@@ -297,6 +297,9 @@ class TargetOmnisend(Target):
     message_reader_class = SingerInput
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Every sink ever created, including those retired by a schema change: each
+        #: may still carry contacts that must go out before STATE.
+        self.all_sinks: list[ContactsSink] = []
         super().__init__(*args, **kwargs)
         self.started_at = time.monotonic()
         self.settings = load_settings(self.config)
@@ -371,6 +374,8 @@ class TargetOmnisend(Target):
 
     def _barrier(self) -> None:
         """Every record handed to a sink so far has a final, durable outcome."""
+        for sink in self.all_sinks:
+            sink.flush()
         self.engine.wait_idle()
         self.outcomes.sync()
         if self.store is not None and self.dry_run is None:
