@@ -55,6 +55,7 @@ class Settings:
     mirror_max_removal_ratio: float
     mirror_trigger: str
     summary_path: str | None
+    progress_interval: float
 
     def tags_for(self, stream: str) -> tuple[str, ...]:
         """The segment tag of a stream plus the static tags, in a stable order (none on a
@@ -212,4 +213,5 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         mirror_max_removal_ratio=_number(config, "mirror_max_removal_ratio", 0.5, 0, 1),
         mirror_trigger=mirror_trigger,
         summary_path=config.get("summary_path") or None,
+        progress_interval=_number(config, "progress_interval", 30.0, 0, 86_400),
     )

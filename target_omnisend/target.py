@@ -21,6 +21,7 @@ from target_omnisend.mapping import EMAIL_STATUSES
 from target_omnisend.mirror import mirror_stream
 from target_omnisend.outcomes import Outcomes
 from target_omnisend.privacy import redact
+from target_omnisend.progress import ProgressReporter
 from target_omnisend.ratelimit import RateLimits
 from target_omnisend.reader import SingerInput
 from target_omnisend.settings import (
@@ -279,6 +280,14 @@ CONFIG_SCHEMA = th.PropertiesList(
         description="Where a dry run writes its requests (JSONL, overwritten).",
     ),
     th.Property(
+        "progress_interval",
+        th.NumberType,
+        default=30,
+        title="Progress interval",
+        description="Seconds between progress lines (received, delivered, unchanged, "
+        "rejected, in flight, rates); 0 disables them.",
+    ),
+    th.Property(
         "summary_path",
         th.StringType,
         title="Summary file",
@@ -351,6 +360,9 @@ class TargetOmnisend(Target):
             batch_timeout=self.settings.batch_timeout,
             logger=self.logger,
         )
+        self.progress = ProgressReporter(
+            self.outcomes, self.logger, self.settings.progress_interval
+        )
 
     # -- outcomes reported by the delivery engine --------------------------------------
 
@@ -415,6 +427,7 @@ class TargetOmnisend(Target):
         self._log_summary()
 
     def _log_summary(self) -> None:
+        self.progress.stop()
         elapsed = time.monotonic() - self.started_at
         for stream, counts in self.outcomes.totals().items():
             self.logger.info(

@@ -1,0 +1,44 @@
+"""Progress lines on long runs, and a machine-readable summary whose counters agree
+with what Omnisend (the local server) actually holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import API_KEY
+from tests.harness import read_jsonl, run_target, sample_records, segment_messages
+from tests.omnisend_server import OmnisendServer
+
+
+def test_progress_lines_and_summary_agree_with_the_server(tmp_path: Path) -> None:
+    records = sample_records()
+    with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.4) as server:
+        config = {
+            "api_key": API_KEY,
+            "api_url": server.url,
+            "rejected_records_path": str(tmp_path / "rejected.jsonl"),
+            "summary_path": str(tmp_path / "summary.json"),
+            "progress_interval": 0.2,
+            "batch_size_rows": 100,  # several drains, so the run lasts a few polls
+            "batch_poll_interval": 0.05,
+        }
+        run = run_target(config, segment_messages(records, key="customer_id"), workdir=tmp_path)
+        stored = len(server.contacts())
+    assert run.returncode == 0, run.stderr[-2000:]
+    progress = [line for line in run.stderr.splitlines() if "Progress: received=" in line]
+    assert progress, "a run of over a second prints progress lines"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    counts = summary["streams"]["vip_buyers"]
+    rejected = read_jsonl(tmp_path / "rejected.jsonl")
+    # The sample holds one profile twice (emails differing by case): it is either merged
+    # (same drain) or delivered twice in order (different drains) — never lost.
+    assert counts["delivered"] + counts["merged_duplicates"] == stored + 1
+    assert counts["rejected"] == len(rejected)
+    assert counts["received"] == len(records)
+    assert (
+        counts["delivered"] + counts["rejected"] + counts["merged_duplicates"] + counts["unchanged"]
+        == counts["received"]
+    )
+    assert summary["batches"] >= 3 and summary["requests"] > summary["batches"]
+    assert API_KEY not in (tmp_path / "summary.json").read_text()
