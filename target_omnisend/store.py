@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 500  # SQLite's default limit on host parameters is 999 (older builds)
 
@@ -70,20 +71,23 @@ class FingerprintStore:
         )
         return row is not None
 
-    def known(self, stream: str, emails: Sequence[str]) -> dict[str, bytes]:
-        """Fingerprints on record for these emails (absent = never confirmed)."""
-        found: dict[str, bytes] = {}
+    def _rows_for(
+        self, columns: str, stream: str, emails: Sequence[str], where: str = "", *args: Any
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of this scope and stream for the given emails, queried in chunks."""
         with self._lock:
             for start in range(0, len(emails), _CHUNK):
                 chunk = emails[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    "SELECT email, fp FROM fingerprints WHERE scope = ? AND stream = ? "
-                    f"AND email IN ({marks})",
-                    (self.scope, stream, *chunk),
-                )
-                found.update(rows)
-        return found
+                yield from self._db.execute(
+                    f"SELECT {columns} FROM fingerprints WHERE scope = ? AND stream = ? "
+                    f"{where} AND email IN ({marks})",
+                    (self.scope, stream, *args, *chunk),
+                ).fetchall()
+
+    def known(self, stream: str, emails: Sequence[str]) -> dict[str, bytes]:
+        """Fingerprints on record for these emails (absent = never confirmed)."""
+        return dict(self._rows_for("email, fp", stream, emails))
 
     def confirm(self, stream: str, rows: Iterable[tuple[str, bytes]], run_id: str) -> None:
         with self._lock:
@@ -101,18 +105,8 @@ class FingerprintStore:
             )
 
     def seen_in_run(self, stream: str, emails: Sequence[str], run_id: str) -> set[str]:
-        seen: set[str] = set()
-        with self._lock:
-            for start in range(0, len(emails), _CHUNK):
-                chunk = emails[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    "SELECT email FROM fingerprints WHERE scope = ? AND stream = ? "
-                    f"AND seen_run = ? AND email IN ({marks})",
-                    (self.scope, stream, run_id, *chunk),
-                )
-                seen.update(email for (email,) in rows)
-        return seen
+        rows = self._rows_for("email", stream, emails, "AND seen_run = ?", run_id)
+        return {email for (email,) in rows}
 
     def forget(self, stream: str, emails: Iterable[str]) -> None:
         with self._lock:

@@ -87,3 +87,34 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def create_contact(
+    server_url: str,
+    api_key: str,
+    email: str,
+    status: str,
+    changed_at: str,
+    tags: list[str] | None = None,
+) -> None:
+    """Put a contact into the local Omnisend the way another tool would (its API)."""
+    import requests
+
+    body: dict[str, Any] = {
+        "identifiers": [
+            {
+                "type": "email",
+                "id": email,
+                "channels": {"email": {"status": status, "statusChangedAt": changed_at}},
+            }
+        ]
+    }
+    if tags:
+        body["tags"] = tags
+    response = requests.post(
+        f"{server_url}/api/contacts",
+        headers={"Authorization": f"Omnisend-API-Key {api_key}", "Omnisend-Version": "2026-03-15"},
+        json=body,
+        timeout=10,
+    )
+    assert response.status_code in (200, 201), response.text

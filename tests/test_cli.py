@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import read_jsonl, run_target, sample_records, segment_messages
+from tests.harness import (
+    create_contact,
+    read_jsonl,
+    run_target,
+    sample_records,
+    segment_messages,
+)
 from tests.omnisend_server import FaultRule, OmnisendServer
 
 SIMPLE_EMAIL = re.compile(r"[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}")
@@ -90,26 +96,14 @@ def test_contact_fields_are_mapped_normalised_and_tag_free(
 def test_existing_subscriber_keeps_their_status(
     server: OmnisendServer, config: dict, tmp_path: Path
 ) -> None:
-    import requests
-
-    response = requests.post(
-        f"{server.url}/api/contacts",
-        headers={"Authorization": f"Omnisend-API-Key {API_KEY}", "Omnisend-Version": "2026-03-15"},
-        json={
-            "identifiers": [
-                {
-                    "type": "email",
-                    "id": "fan@example.com",
-                    "channels": {
-                        "email": {"status": "subscribed", "statusChangedAt": "2025-06-01T00:00:00Z"}
-                    },
-                }
-            ],
-            "tags": ["bought-in-store"],
-        },
-        timeout=10,
+    create_contact(
+        server.url,
+        API_KEY,
+        "fan@example.com",
+        "subscribed",
+        "2025-06-01T00:00:00Z",
+        tags=["bought-in-store"],
     )
-    assert response.status_code in (200, 201)
     run = run_target(
         config,
         segment_messages([{"email": "fan@example.com", "first_name": "Fan"}]),

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.conftest import API_KEY
-from tests.harness import read_jsonl, run_target, segment_messages
+from tests.harness import create_contact, read_jsonl, run_target, segment_messages
 from tests.omnisend_server import FaultRule, OmnisendServer
 
 TAG = "segment:vip"
@@ -182,21 +181,7 @@ def test_dry_run_writes_the_requests_and_sends_nothing(
 
 
 def _subscribe(server: OmnisendServer, email: str, status: str, when: str) -> None:
-    response = requests.post(
-        f"{server.url}/api/contacts",
-        headers={"Authorization": f"Omnisend-API-Key {API_KEY}", "Omnisend-Version": "2026-03-15"},
-        json={
-            "identifiers": [
-                {
-                    "type": "email",
-                    "id": email,
-                    "channels": {"email": {"status": status, "statusChangedAt": when}},
-                }
-            ]
-        },
-        timeout=10,
-    )
-    assert response.status_code in (200, 201)
+    create_contact(server.url, API_KEY, email, status, when)
 
 
 def _status(server: OmnisendServer, email: str) -> str:
