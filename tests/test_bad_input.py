@@ -348,3 +348,14 @@ def test_paced_input_with_rejections_keeps_states_honest(
     assert {stored_email(c) for c in server.contacts()} == {
         r["email"] for r in records if r["email"] != "not-an-email"
     }
+
+
+def test_blank_lines_between_messages_are_skipped(
+    server: OmnisendServer, config: dict, tmp_path: Path
+) -> None:
+    body = [json.dumps(SCHEMA), "", json.dumps(record(i=0, email="a@example.com")), "   \t"]
+    body += [json.dumps(record(i=1, email="b@example.com")), ""]
+    result = run(config, ("\n".join(body) + "\n\n").encode(), tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert held_emails(server) == {"a@example.com", "b@example.com"}
+    assert reconcile(tmp_path, 2)["delivered"] == 2
