@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -9,7 +10,9 @@ import time
 from typing import Any
 
 from singer_sdk import typing as th
+from singer_sdk.configuration._dict_config import parse_environment_config
 from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
+from singer_sdk.helpers._classproperty import classproperty
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
@@ -363,6 +366,22 @@ class TargetOmnisend(Target):
         self.progress = ProgressReporter(
             self.outcomes, self.logger, self.settings.progress_interval
         )
+
+    @classproperty
+    def _env_var_config(cls) -> dict[str, Any]:
+        """The SDK turns TARGET_OMNISEND_* strings into integers and booleans but leaves
+        `number` settings as strings, which then fail validation: convert them too."""
+        config_jsonschema = cls.config_jsonschema
+        cls.append_builtin_config(config_jsonschema)
+        config = parse_environment_config(config_jsonschema, cls._env_var_prefix)
+        properties = cls.config_jsonschema.get("properties", {})
+        for key, value in config.items():
+            types = properties.get(key, {}).get("type")
+            types = types if isinstance(types, list) else [types]
+            if isinstance(value, str) and "number" in types:
+                with contextlib.suppress(ValueError):  # else validation names the setting
+                    config[key] = float(value)
+        return config
 
     # -- outcomes reported by the delivery engine --------------------------------------
 

@@ -246,6 +246,11 @@ def test_config_from_environment_variables(server: OmnisendServer, tmp_path: Pat
         "TARGET_OMNISEND_API_KEY": API_KEY,
         "TARGET_OMNISEND_API_URL": server.url,
         "TARGET_OMNISEND_REJECTED_RECORDS_PATH": str(tmp_path / "rej.jsonl"),
+        # number, integer and boolean settings arrive as text too
+        "TARGET_OMNISEND_BATCH_POLL_INTERVAL": "0.05",
+        "TARGET_OMNISEND_REQUESTS_PER_MINUTE": "300",
+        "TARGET_OMNISEND_BATCH_SIZE": "50",
+        "TARGET_OMNISEND_SEND_WELCOME_MESSAGE": "false",
     }
     run = run_target(
         None,
