@@ -56,6 +56,7 @@ class Settings:
     mirror_trigger: str
     summary_path: str | None
     progress_interval: float
+    state_interval: float
 
     def tags_for(self, stream: str) -> tuple[str, ...]:
         """The segment tag of a stream plus the static tags, in a stable order (none on a
@@ -214,4 +215,5 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         mirror_trigger=mirror_trigger,
         summary_path=config.get("summary_path") or None,
         progress_interval=_number(config, "progress_interval", 30.0, 0, 86_400),
+        state_interval=_number(config, "state_interval", 60.0, 1, 86_400),
     )

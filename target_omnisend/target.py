@@ -283,6 +283,15 @@ CONFIG_SCHEMA = th.PropertiesList(
         description="Where a dry run writes its requests (JSONL, overwritten).",
     ),
     th.Property(
+        "state_interval",
+        th.NumberType,
+        default=60,
+        title="STATE interval",
+        description="Seconds between checkpoints: all records received so far are confirmed "
+        "and the latest STATE is emitted, so a failed run resumes from at most this far "
+        "back (the SDK's own cadence is 5 minutes).",
+    ),
+    th.Property(
         "progress_interval",
         th.NumberType,
         default=30,
@@ -363,6 +372,8 @@ class TargetOmnisend(Target):
             batch_timeout=self.settings.batch_timeout,
             logger=self.logger,
         )
+        # The SDK drains (and so checkpoints) every _MAX_RECORD_AGE_IN_MINUTES.
+        self._MAX_RECORD_AGE_IN_MINUTES = self.settings.state_interval / 60
         self.progress = ProgressReporter(
             self.outcomes, self.logger, self.settings.progress_interval
         )

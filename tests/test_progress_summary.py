@@ -42,3 +42,53 @@ def test_progress_lines_and_summary_agree_with_the_server(tmp_path: Path) -> Non
     )
     assert summary["batches"] >= 3 and summary["requests"] > summary["batches"]
     assert API_KEY not in (tmp_path / "summary.json").read_text()
+
+
+def test_state_is_checkpointed_every_state_interval_while_records_flow(tmp_path: Path) -> None:
+    """A slow tap: STATEs come out during the run (not only at the end), and each one
+    covers only contacts Omnisend already holds."""
+    import subprocess
+    import threading
+    import time
+
+    from tests.harness import TARGET_BIN, encode
+
+    with OmnisendServer(api_keys=(API_KEY,)) as server:
+        config = {
+            "api_key": API_KEY,
+            "api_url": server.url,
+            "rejected_records_path": str(tmp_path / "rejected.jsonl"),
+            "state_interval": 1,
+            "batch_poll_interval": 0.05,
+        }
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        proc = subprocess.Popen(
+            [str(TARGET_BIN), "--config", str(tmp_path / "config.json")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        checkpoints: list[tuple[int, int]] = []  # (records covered, contacts stored then)
+
+        def watch_states() -> None:
+            for line in proc.stdout:
+                if line.strip():
+                    checkpoints.append((json.loads(line)["sent"], len(server.contacts())))
+
+        watcher = threading.Thread(target=watch_states)
+        watcher.start()
+        records = [{"email": f"slow{i}@example.com"} for i in range(40)]
+        messages = segment_messages(records, stream="slow")
+        proc.stdin.write(encode(messages[:1]))
+        for n, record in enumerate(messages[1:-1], 1):
+            proc.stdin.write(encode([record, {"type": "STATE", "value": {"sent": n}}]))
+            proc.stdin.flush()
+            time.sleep(0.1)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        watcher.join(timeout=10)
+    states = [sent for sent, _ in checkpoints]
+    assert len(states) >= 3, "checkpoints during a 4-second run, not only at its end"
+    assert states == sorted(states) and states[-1] == 40
+    assert all(stored >= sent for sent, stored in checkpoints)
