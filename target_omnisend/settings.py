@@ -215,5 +215,5 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         mirror_trigger=mirror_trigger,
         summary_path=config.get("summary_path") or None,
         progress_interval=_number(config, "progress_interval", 30.0, 0, 86_400),
-        state_interval=_number(config, "state_interval", 60.0, 1, 86_400),
+        state_interval=_number(config, "state_interval", 60.0, 0.1, 86_400),
     )

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import REPO, read_jsonl
+from tests.harness import REPO, TARGET_BIN, read_jsonl
 from tests.omnisend_server import FaultRule, OmnisendServer
 
 pytestmark = pytest.mark.e2e
@@ -48,15 +47,6 @@ SCHEMA = {
     },
     "key_properties": [],
 }
-
-#: Runs the real CLI entry point with the SDK's periodic drain (which writes STATE)
-#: shortened from 5 minutes to argv[1] seconds; everything else is the installed target.
-BOOT = (
-    "import sys\n"
-    "from target_omnisend.target import TargetOmnisend\n"
-    "TargetOmnisend._MAX_RECORD_AGE_IN_MINUTES = float(sys.argv.pop(1)) / 60\n"
-    "TargetOmnisend.cli()\n"
-)
 
 
 def email_of(i: int) -> str:
@@ -164,8 +154,15 @@ def run_live(
 
     `kill_after_states`: SIGKILL the target right after it printed that many STATEs.
     """
-    command = [sys.executable, "-c", BOOT, str(drain_seconds)]
-    command += args if args is not None else ["--config", str(write_config(config, workdir))]
+    # STATE comes out at every checkpoint (`state_interval`): short here, so a test of a
+    # few seconds sees several.
+    command = [str(TARGET_BIN)]
+    if args is not None:
+        command += args
+        env = {"TARGET_OMNISEND_STATE_INTERVAL": str(drain_seconds), **(env or {})}
+    else:
+        config = {**config, "state_interval": drain_seconds}
+        command += ["--config", str(write_config(config, workdir))]
     proc = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
