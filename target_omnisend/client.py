@@ -240,11 +240,18 @@ class OmnisendClient:
     def create_batch(self, payloads: list[str]) -> str:
         """One batch from contacts already encoded by `encode_contact`."""
         text = '{"method":"POST","endpoint":"contacts","items":[' + ",".join(payloads) + "]}"
-        payload = self.call("POST", "/batches", raw=text.encode("utf-8"))
-        batch_id = payload.get("batchID") if isinstance(payload, dict) else None
-        if not batch_id:
-            raise DeliveryError("Omnisend accepted a batch but returned no batchID")
-        return str(batch_id)
+        data = text.encode("utf-8")
+        for _ in range(self.max_retries + 1):
+            payload = self.call("POST", "/batches", raw=data)
+            batch_id = payload.get("batchID") if isinstance(payload, dict) else None
+            if batch_id:
+                return str(batch_id)
+            # A 2xx without a batch id cannot be confirmed; sending again is safe
+            # (contact writes are upserts by email).
+            self.logger.warning("Omnisend accepted a batch without a batchID; sending again")
+        raise DeliveryError(
+            f"Omnisend accepted batches but returned no batchID {self.max_retries + 1} times"
+        )
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         return self.call("GET", f"/batches/{batch_id}") or {}

@@ -536,3 +536,18 @@ def test_mid_run_failure_keeps_the_states_it_had_earned(
     rerun = run_live(slow_server, fault_config, pages(rest, start=resume_at), tmp_path)
     assert_reconciled(rerun, rest, slow_server, tmp_path, expect_rejected=set())
     assert held_emails(slow_server) == {r["email"] for r in records}
+
+
+def test_a_batch_accepted_without_a_batch_id_is_sent_again(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A 2xx whose body carries no batchID cannot be confirmed: the batch is re-sent
+    (an upsert, safe to repeat) rather than failing the run or trusting it blindly."""
+    server.add_fault(
+        FaultRule(method="POST", path="/batches", kind="status", status=200, body="{}", times=2)
+    )
+    records = make_records(30)
+    run = run_live(server, config, pages(records, every=30), tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert held_emails(server) == {r["email"] for r in records}
+    assert server.count(method="POST", path_prefix="/batches", status=200) >= 3
