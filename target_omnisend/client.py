@@ -239,8 +239,7 @@ class OmnisendClient:
 
     def create_batch(self, payloads: list[str]) -> str:
         """One batch from contacts already encoded by `encode_contact`."""
-        text = '{"method":"POST","endpoint":"contacts","items":[' + ",".join(payloads) + "]}"
-        data = text.encode("utf-8")
+        data = batch_body(payloads).encode("utf-8")
         for _ in range(self.max_retries + 1):
             payload = self.call("POST", "/batches", raw=data)
             batch_id = payload.get("batchID") if isinstance(payload, dict) else None
@@ -286,6 +285,11 @@ class OmnisendClient:
                 payload = self.call("GET", path, url=following) or {}
             else:
                 payload = self.call("GET", path, params={**params, **following}) or {}
+
+
+def batch_body(payloads: list[str]) -> str:
+    """A contacts batch from contacts already encoded by `encode_contact` (no re-encoding)."""
+    return '{"method":"POST","endpoint":"contacts","items":[' + ",".join(payloads) + "]}"
 
 
 class _HeaderAuth(requests.auth.AuthBase):

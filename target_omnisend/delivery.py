@@ -20,14 +20,36 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from target_omnisend.api import problem_summary
 from target_omnisend.client import OmnisendClient, RequestRefused
 from target_omnisend.errors import DeliveryError
+from target_omnisend.mapping import email_of
 
+T = TypeVar("T")
 FINAL_BATCH_STATES = frozenset({"finished", "stopped"})
 TAG_CHUNK = 250  # Omnisend: at most 250 emails per tags call
+
+
+class TagChunks(Generic[T]):
+    """Groups values (items or emails) by tag set into tag calls of ≤ 250 each. Not
+    thread-safe: the caller holds its own lock."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, ...], list[T]] = {}
+
+    def add(self, tags: tuple[str, ...], value: T) -> list[T] | None:
+        """Buffer one value; return a full chunk for `tags` when it is complete."""
+        buffer = self._buffers.setdefault(tags, [])
+        buffer.append(value)
+        return self._buffers.pop(tags) if len(buffer) >= TAG_CHUNK else None
+
+    def drain(self) -> list[tuple[tuple[str, ...], list[T]]]:
+        """Every partly filled chunk, emptied."""
+        chunks = [(tags, values) for tags, values in self._buffers.items() if values]
+        self._buffers.clear()
+        return chunks
 
 
 @dataclass
@@ -114,7 +136,7 @@ class DeliveryEngine:
         self._open_items = 0
         self._sends_since_poll = 0
         self._waiters = 0
-        self._tag_buffers: dict[tuple[str, ...], list[Item]] = {}
+        self._tag_chunks: TagChunks[Item] = TagChunks()
         self._inflight_emails: Counter[str] = Counter()
         self._error: BaseException | None = None
         self._closed = False
@@ -316,7 +338,7 @@ class DeliveryEngine:
         falling back to position when the request is not echoed."""
         results: dict[str, tuple[int | None, Any]] = {}
         for position, entry in enumerate(self.client.batch_items(job.batch_id or "")):
-            email = _request_email(entry.get("request"))
+            email = email_of(entry.get("request"))
             if email is None and position < len(job.items):
                 email = job.items[position].email
             code = entry.get("responseCode")
@@ -333,19 +355,17 @@ class DeliveryEngine:
         with self._cond:
             for item in items:
                 if item.tags:
-                    buffer = self._tag_buffers.setdefault(item.tags, [])
-                    buffer.append(item)
-                    if len(buffer) >= TAG_CHUNK:
-                        full.append(self._tag_buffers.pop(item.tags))
+                    chunk = self._tag_chunks.add(item.tags, item)
+                    if chunk is not None:
+                        full.append(chunk)
         for chunk in full:
             self._tag_pool.submit(self._guarded, self._tag, chunk)
 
     def _flush_tags(self) -> None:
         """At a barrier, partly filled tag calls go out rather than wait for company."""
         with self._cond:
-            chunks = list(self._tag_buffers.values())
-            self._tag_buffers.clear()
-        for chunk in chunks:
+            chunks = self._tag_chunks.drain()
+        for _, chunk in chunks:
             self._tag_pool.submit(self._guarded, self._tag, chunk)
 
     def _tag(self, items: list[Item]) -> None:
@@ -390,12 +410,3 @@ class DeliveryEngine:
             if self._error is None:
                 self._error = exc
             self._cond.notify_all()
-
-
-def _request_email(request: Any) -> str | None:
-    if not isinstance(request, dict):
-        return None
-    for identifier in request.get("identifiers") or []:
-        if isinstance(identifier, dict) and identifier.get("type") == "email":
-            return str(identifier.get("id"))
-    return None

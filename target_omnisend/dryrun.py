@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from target_omnisend.api import ApiGeneration
-from target_omnisend.delivery import TAG_CHUNK, Item
+from target_omnisend.client import batch_body
+from target_omnisend.delivery import Item, TagChunks
 
 
 class DryRunWriter:
@@ -25,44 +26,37 @@ class DryRunWriter:
         self._lock = threading.Lock()
         self.contacts = 0
         self.requests = 0
-        self._tag_buffers: dict[tuple[str, ...], list[str]] = {}
+        self._tag_chunks: TagChunks[str] = TagChunks()
 
-    def _write(self, method: str, path: str, body: dict[str, Any]) -> None:
-        line = json.dumps(
-            {"method": method, "path": self.generation.prefix + path, "body": body},
-            ensure_ascii=False,
-            default=str,
+    def _write(self, method: str, path: str, body: dict[str, Any] | str) -> None:
+        """One planned request; `body` is an object, or JSON text already encoded."""
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        line = (
+            f'{{"method":{json.dumps(method)},"path":{json.dumps(self.generation.prefix + path)},'
+            f'"body":{text}}}'
         )
         with self._lock:
             self._file.write(line + "\n")
             self.requests += 1
 
     def batch(self, stream: str, items: list[Item]) -> None:
+        """The batch exactly as it would be sent: the contacts' encoded wire JSON."""
         del stream  # one file for all streams; the bodies say who they are
-        body = {
-            "method": "POST",
-            "endpoint": "contacts",
-            "items": [self.generation.contact_body(item.body) for item in items],
-        }
-        self._write("POST", "/batches", body)
+        self._write("POST", "/batches", batch_body([item.payload for item in items]))
         self.contacts += len(items)
         for item in items:
             if item.tags:
-                buffer = self._tag_buffers.setdefault(item.tags, [])
-                buffer.append(item.email)
-                if len(buffer) >= TAG_CHUNK:
+                chunk = self._tag_chunks.add(item.tags, item.email)
+                if chunk is not None:
                     self._write(
-                        "POST", "/contacts/tags", {"tags": list(item.tags), "emails": buffer}
+                        "POST", "/contacts/tags", {"tags": list(item.tags), "emails": chunk}
                     )
-                    self._tag_buffers[item.tags] = []
 
     def remove_tags(self, tags: list[str], emails: list[str]) -> None:
         self._write("DELETE", "/contacts/tags", {"tags": tags, "emails": emails})
 
     def close(self) -> None:
-        for tags, emails in self._tag_buffers.items():
-            if emails:
-                self._write("POST", "/contacts/tags", {"tags": list(tags), "emails": emails})
-        self._tag_buffers.clear()
+        for tags, emails in self._tag_chunks.drain():
+            self._write("POST", "/contacts/tags", {"tags": list(tags), "emails": emails})
         with self._lock:
             self._file.close()

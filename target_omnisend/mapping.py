@@ -396,6 +396,19 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
     return Contact(email=email, body=contact, warnings=tuple(warnings))
 
 
+def email_of(contact: Any) -> str | None:
+    """The email of a contact body: one we sent (echoed in a batch item's `request`) or
+    one Omnisend listed (some shapes carry a top-level `email`)."""
+    if not isinstance(contact, Mapping):
+        return None
+    if isinstance(contact.get("email"), str):
+        return contact["email"]
+    for identifier in contact.get("identifiers") or []:
+        if isinstance(identifier, Mapping) and identifier.get("type") == "email":
+            return str(identifier.get("id"))
+    return None
+
+
 def _email_channel(
     record: Mapping[str, Any], config: MappingConfig, warnings: list[str]
 ) -> dict[str, str]:

@@ -9,9 +9,10 @@ Contacts are never deleted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from target_omnisend.delivery import TAG_CHUNK
+from target_omnisend.mapping import email_of
 
 if TYPE_CHECKING:
     from target_omnisend.target import TargetOmnisend
@@ -51,7 +52,7 @@ def mirror_stream(target: TargetOmnisend, stream: str) -> None:
         leavers.extend(email for email in emails if email not in seen)
 
     for contact in target.client.list_contacts(tag=tag):
-        email = _email_of(contact)
+        email = email_of(contact)
         if email is None:
             continue
         tagged += 1
@@ -87,12 +88,3 @@ def mirror_stream(target: TargetOmnisend, stream: str) -> None:
         "would lose" if target.dry_run is not None else "lost",
         tag,
     )
-
-
-def _email_of(contact: dict[str, Any]) -> str | None:
-    if isinstance(contact.get("email"), str):
-        return contact["email"]
-    for identifier in contact.get("identifiers") or []:
-        if isinstance(identifier, dict) and identifier.get("type") == "email":
-            return str(identifier.get("id"))
-    return None
