@@ -12,7 +12,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from target_omnisend.privacy import mask_email
-from tests.harness import read_jsonl, run_target, sample_records, segment_messages
+from tests.harness import (
+    read_jsonl,
+    run_target,
+    sample_records,
+    segment_messages,
+    stored_email,
+)
 from tests.omnisend_server import OmnisendServer
 
 
@@ -39,7 +45,7 @@ def main() -> int:
     print(f"Delivered to Omnisend: {len(contacts)} contacts")
     print(f"{'email':32} {'name':28} {'country':8} {'tier':9}")
     for contact in contacts[:12]:
-        email = next(i["id"] for i in contact["identifiers"] if i["type"] == "email")
+        email = stored_email(contact)
         name = f"{contact.get('firstName', '')} {contact.get('lastName', '')}".strip()
         tier = (contact.get("customProperties") or {}).get("loyalty_tier", "")
         print(f"{mask_email(email):32} {name[:28]:28} {contact.get('countryCode', '-'):8} {tier:9}")

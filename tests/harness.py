@@ -83,6 +83,11 @@ def segment_messages(
     return list(singer_messages(records, stream, key))
 
 
+def stored_email(contact: dict[str, Any]) -> str:
+    """The email of a contact as the local server stores it (2026-03-15 shape)."""
+    return next(i["id"] for i in contact["identifiers"] if i["type"] == "email")
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -24,9 +24,9 @@ from target_omnisend.api import GENERATIONS
 from target_omnisend.client import OmnisendClient
 from target_omnisend.ratelimit import RateLimits
 from tests.conftest import API_KEY
-from tests.harness import read_jsonl, run_target, sample_records, segment_messages
+from tests.harness import read_jsonl, run_target, sample_records, segment_messages, stored_email
 from tests.omnisend_server import FaultRule, OmnisendServer
-from tests.test_cli import expected_emails, stored_email
+from tests.test_cli import expected_emails
 
 VERSIONS = ("2026-03-15", "v5")
 ROOT = {"2026-03-15": "/api", "v5": "/v5"}
@@ -175,7 +175,7 @@ def test_client_pages_through_contacts_in_each_generation(
     assert len(listed) == 260
     id_field = "contactID" if api_version == "v5" else "id"
     assert all(id_field in c for c in listed)
-    emails = [next(i["id"] for i in c["identifiers"] if i["type"] == "email") for c in listed]
+    emails = [stored_email(c) for c in listed]
     assert emails == [f"page{i:03d}@example.com" for i in range(260)]
     contacts_reads = [e for e in server.request_log() if e.method == "GET"]
     assert len(contacts_reads) == 2  # two pages, followed as each generation says

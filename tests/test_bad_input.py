@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Run, read_jsonl, run_target
+from tests.harness import Run, read_jsonl, run_target, stored_email
 from tests.omnisend_server import OmnisendServer
 from tests.test_faults import (
     SCHEMA,
@@ -21,7 +21,6 @@ from tests.test_faults import (
     make_records,
     pages,
     run_live,
-    stored_email,
 )
 
 pytestmark = pytest.mark.e2e

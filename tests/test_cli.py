@@ -17,6 +17,7 @@ from tests.harness import (
     run_target,
     sample_records,
     segment_messages,
+    stored_email,
 )
 from tests.omnisend_server import FaultRule, OmnisendServer
 
@@ -33,10 +34,6 @@ def expected_emails(records: list[dict[str, Any]]) -> set[str]:
             if SIMPLE_EMAIL.fullmatch(email) and ".." not in email:
                 emails.add(email)
     return emails
-
-
-def stored_email(contact: dict[str, Any]) -> str:
-    return next(i["id"] for i in contact["identifiers"] if i["type"] == "email")
 
 
 def test_sample_segment_is_delivered_and_every_record_accounted_for(

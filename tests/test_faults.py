@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import REPO, TARGET_BIN, read_jsonl
+from tests.harness import REPO, TARGET_BIN, read_jsonl, stored_email
 from tests.omnisend_server import FaultRule, OmnisendServer
 
 pytestmark = pytest.mark.e2e
@@ -82,10 +82,6 @@ def to_bytes(messages: Iterable[dict[str, Any] | str]) -> bytes:
         (m if isinstance(m, str) else json.dumps(m, ensure_ascii=False)).encode() + b"\n"
         for m in messages
     )
-
-
-def stored_email(contact: dict[str, Any]) -> str:
-    return next(i["id"] for i in contact["identifiers"] if i["type"] == "email")
 
 
 def held_emails(server: OmnisendServer) -> set[str]:

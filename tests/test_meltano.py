@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import REPO, read_jsonl, sample_records
+from tests.harness import REPO, read_jsonl, sample_records, stored_email
 from tests.omnisend_server import OmnisendServer
-from tests.test_cli import expected_emails, stored_email
+from tests.test_cli import expected_emails
 
 MELTANO = os.environ.get("MELTANO_BIN") or shutil.which("meltano")
 

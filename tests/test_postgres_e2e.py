@@ -37,9 +37,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import REPO, TARGET_BIN, read_jsonl
+from tests.harness import REPO, TARGET_BIN, read_jsonl, stored_email
 from tests.omnisend_server import OmnisendServer
-from tests.test_cli import stored_email
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import read_jsonl
+from tests.harness import read_jsonl, stored_email
 from tests.omnisend_server import OmnisendServer
 from tests.test_faults import (
     STREAM,
@@ -55,7 +55,7 @@ def _tags_settled(server: OmnisendServer, emails: set[str]) -> bool:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         tagged = {
-            next(i["id"] for i in c["identifiers"] if i["type"] == "email")
+            stored_email(c)
             for c in server.contacts()
             if f"segment:{STREAM}" in (c.get("tags") or [])
         }

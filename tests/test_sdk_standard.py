@@ -31,7 +31,7 @@ from singer_sdk.testing.target_tests import (
 
 from target_omnisend.mapping import Rejection, normalize_email
 from target_omnisend.target import TargetOmnisend
-from tests.harness import read_jsonl
+from tests.harness import read_jsonl, stored_email
 from tests.omnisend_server import OmnisendServer
 
 API_KEY = "sdk-test-key"
@@ -51,10 +51,6 @@ NOT_AUDITED = {
     "test_target_record_before_schema",
     "test_target_record_missing_key_property",
 }
-
-
-def _email_of(contact: dict[str, Any]) -> str:
-    return next(i["id"] for i in contact["identifiers"] if i["type"] == "email")
 
 
 class AuditedRunner(TargetTestRunner):
@@ -105,7 +101,7 @@ class AuditedRunner(TargetTestRunner):
                 undeliverable += 1
             else:
                 deliverable.add(email)
-        stored = {_email_of(contact) for contact in self.server.contacts()}
+        stored = {stored_email(contact) for contact in self.server.contacts()}
         assert stored == deliverable, "the server's contacts are not the records' emails"
         rejected = read_jsonl(self.rejected_path)
         assert len(rejected) == undeliverable, "not every record without an email was rejected"

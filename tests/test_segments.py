@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import create_contact, read_jsonl, run_target, segment_messages
+from tests.harness import (
+    create_contact,
+    read_jsonl,
+    run_target,
+    segment_messages,
+    stored_email,
+)
 from tests.omnisend_server import FaultRule, OmnisendServer
 
 TAG = "segment:vip"
@@ -36,11 +42,7 @@ def full_read(records: list[dict[str, Any]], stream: str = "vip") -> list[dict[s
 
 
 def tagged(server: OmnisendServer, tag: str = TAG) -> set[str]:
-    return {
-        next(i["id"] for i in c["identifiers"] if i["type"] == "email")
-        for c in server.contacts()
-        if tag in (c.get("tags") or [])
-    }
+    return {stored_email(c) for c in server.contacts() if tag in (c.get("tags") or [])}
 
 
 def contacts_written(server: OmnisendServer) -> int:
