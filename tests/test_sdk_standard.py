@@ -151,7 +151,7 @@ class TestTargetOmnisendStandard(StandardTargetTests):  # type: ignore[misc,vali
     @pytest.mark.skip(
         reason="Expects a STATE checkpoint after every input STATE. A contacts target "
         "emits STATE only once the records before it are confirmed by Omnisend, i.e. when "
-        "the SDK drains its sinks (full batch, schema change, 5 minutes, end of input); "
+        "the SDK drains its sinks (full batch, schema change, every state_interval, end of input); "
         "checkpointing per input STATE would cost a batch round-trip each. The SDK leaves "
         "this test out of its own target suite too."
     )
