@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
@@ -233,9 +234,13 @@ class OmnisendClient:
     def encode_contact(self, body: dict[str, Any]) -> str:
         """A contact's wire JSON, made once: it is both what is sent and what the
         fingerprint store remembers (serialising twice cost a tenth of a run's CPU)."""
-        return json.dumps(
-            self.generation.contact_body(body), separators=(",", ":"), ensure_ascii=False
-        )
+        contact = self.generation.contact_body(body)
+        try:
+            # msgspec: ~8x faster than json.dumps, same text (UTF-8, no spaces, same
+            # escapes; only float exponents are spelled 1e16 rather than 1e+16).
+            return _ENCODER.encode(contact).decode("utf-8")
+        except (TypeError, UnicodeEncodeError):
+            return json.dumps(contact, separators=(",", ":"), ensure_ascii=False)
 
     def create_batch(self, payloads: list[str]) -> str:
         """One batch from contacts already encoded by `encode_contact`."""
@@ -285,6 +290,9 @@ class OmnisendClient:
                 payload = self.call("GET", path, url=following) or {}
             else:
                 payload = self.call("GET", path, params={**params, **following}) or {}
+
+
+_ENCODER = msgspec.json.Encoder()
 
 
 def batch_body(payloads: list[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from singer_sdk.helpers._typing import get_datelike_property_type
 from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 from singer_sdk.sinks import BatchSink
 
@@ -31,6 +32,7 @@ class ContactsSink(BatchSink):
     def __init__(self, target: TargetOmnisend, *args: Any, **kwargs: Any) -> None:
         self._omnisend = target
         self._carry: dict[str, Item] = {}
+        self._date_plan: tuple[dict, frozenset[str], frozenset[str]] | None = None
         super().__init__(target, *args, **kwargs)
         target.all_sinks.append(self)
 
@@ -39,6 +41,29 @@ class ContactsSink(BatchSink):
         """A malformed date in one profile must not stop a segment export: it becomes
         null and the attribute is omitted."""
         return DatetimeErrorTreatmentEnum.NULL
+
+    def _parse_timestamps_in_record(
+        self, record: dict, schema: dict, treatment: DatetimeErrorTreatmentEnum
+    ) -> None:
+        """The SDK asks, for every field of every record, whether its schema is a date
+        (~4 µs a profile, a fifth of the SDK's own cost per record). The schema does not
+        change between records, so ask once per schema, then let the SDK parse and repair
+        just the date fields, with its own rules."""
+        if self._date_plan is None or self._date_plan[0] is not schema:
+            properties = schema["properties"]
+            dates = frozenset(k for k, v in properties.items() if get_datelike_property_type(v))
+            self._date_plan = (schema, dates, frozenset(properties))
+        _, dates, known = self._date_plan
+        unknown = record.keys() - known
+        if unknown and not schema.get("additionalProperties", False):
+            for key in unknown - self._warned_missing_fields:
+                if record[key] is not None:
+                    self.logger.warning("No schema for record field '%s'", key)
+                    self._warned_missing_fields.add(key)
+        present = {key: record[key] for key in dates if key in record}
+        if present:
+            super()._parse_timestamps_in_record(present, schema, treatment)
+            record.update(present)
 
     def get_validator(self) -> CapturingValidator | None:
         return CapturingValidator(self.schema) if self.validate_schema else None

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from .errors import ApiError, FieldError, validation_error
 from .faults import BATCH_KINDS, ITEM_KINDS, FaultBook
 from .scheduler import Scheduler
@@ -58,9 +60,16 @@ class Call:
         if not self.raw_body.strip():
             raise validation_error([FieldError("", "required", "A JSON body is required")])
         try:
+            return _DECODER.decode(self.raw_body)
+        except msgspec.DecodeError:
+            pass  # NaN and friends, or not JSON: the stock parser decides, as before
+        try:
             return json.loads(self.raw_body)
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "The request body is not valid JSON", slug="invalid-json") from None
+
+
+_DECODER = msgspec.json.Decoder()  # several times faster than json.loads on a batch
 
 
 class Service:
