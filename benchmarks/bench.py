@@ -2,9 +2,11 @@
 
 Prints, per size: records/s of (a) a null SDK target with the same validator,
 (b) target-omnisend against the local server with no latency and no rate limit, the
-ratio (b)/(a), and peak RSS of each. With --rate-limited it also runs (c) against
-400 requests/minute with 50-150 ms latency and compares its wall time with the
-rate-limit floor (requests needed / limit). Not a test: run it on a quiet machine.
+ratio (b)/(a), peak RSS of each, CPU per record of the floor, the target and the local
+server, and the bound those CPU costs put on (b)/(a) with this machine's cores. With
+--rate-limited it also runs (c) against 400 requests/minute with 50-150 ms latency and
+compares its wall time with the rate-limit floor (requests needed / limit). Not a test:
+run it on a quiet machine.
 
     python benchmarks/bench.py                    # 10k and 100k, (a) and (b)
     python benchmarks/bench.py --sizes 10000,100000,1000000 --rate-limited 1000000
@@ -148,9 +150,12 @@ class ServerProcess:
         line = self.proc.stdout.readline().strip()
         self.url = line.split("=", 1)[1]
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop it and return the CPU seconds it used (it shares the machine's cores)."""
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        _, _, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = 0  # reaped by wait4 above
+        return usage.ru_utime + usage.ru_stime
 
 
 def run_target(input_path: Path, server: ServerProcess, **config: object) -> Measure:
@@ -187,18 +192,22 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
 
+    cores = os.cpu_count() or 1
     print(
-        f"{'records':>9} {'null rec/s':>11} {'omnisend rec/s':>15} {'ratio':>6} "
-        f"{'null RSS':>9} {'omnisend RSS':>13}  outcome"
+        f"{'records':>9} {'null rec/s':>11} {'omnisend rec/s':>15} {'ratio':>6} {'ratio*':>6} "
+        f"{'null RSS':>9} {'omnisend RSS':>13} {'CPU us/rec null':>16} {'target':>7} "
+        f"{'server':>7} {'bound':>6}  outcome"
     )
     for size in [int(s) for s in args.sizes.split(",") if s]:
         input_path = OUT / f"segment-{size}.singer"
         if not input_path.exists():
             generate(input_path, size)
-        floor = measure(
-            [sys.executable, str(REPO / "benchmarks" / "null_target.py")],
+        null = [sys.executable, str(REPO / "benchmarks" / "null_target.py")]
+        floor = measure(null, input_path, env={"PYTHONPATH": str(REPO)})
+        same_reader = measure(
+            null,
             input_path,
-            env={"PYTHONPATH": str(REPO)},
+            env={"PYTHONPATH": str(REPO), "NULL_TARGET_READER": "target-omnisend"},
         )
         server = ServerProcess()
         try:
@@ -211,15 +220,27 @@ def main() -> None:
                 batch_poll_interval=0.05,
             )
         finally:
-            server.stop()
+            server_cpu = server.stop()
         if floor.returncode or ours.returncode:
             print(floor.stderr[-2000:], ours.stderr[-2000:], file=sys.stderr)
+        # The best (b)/(a) any scheduling of the same work could reach here: target and
+        # server CPU spread perfectly over every core, no waiting at all.
+        bound = floor.seconds / ((ours.cpu_seconds + server_cpu) / cores)
         print(
             f"{size:>9} {size / floor.seconds:>11,.0f} {size / ours.seconds:>15,.0f} "
-            f"{floor.seconds / ours.seconds:>6.2f} {floor.peak_rss_mb:>7.0f}MB "
-            f"{ours.peak_rss_mb:>11.0f}MB  {summary_counts(ours.stderr)}",
+            f"{floor.seconds / ours.seconds:>6.2f} {same_reader.seconds / ours.seconds:>6.2f} "
+            f"{floor.peak_rss_mb:>7.0f}MB "
+            f"{ours.peak_rss_mb:>11.0f}MB {floor.cpu_seconds / size * 1e6:>16.1f} "
+            f"{ours.cpu_seconds / size * 1e6:>7.1f} {server_cpu / size * 1e6:>7.1f} "
+            f"{bound:>6.2f}  {summary_counts(ours.stderr)}",
             flush=True,
         )
+
+    print(
+        "ratio* = against a floor that reads input as target-omnisend does (msgspec); "
+        "bound = the best ratio these CPU costs allow on "
+        f"{cores} cores: floor time / ((target + server CPU) / {cores})"
+    )
 
     if args.rate_limited:
         size = args.rate_limited

@@ -1,12 +1,18 @@
 """The floor: an SDK target that reads, validates (with the same validator as
-target-omnisend) and discards. target-omnisend cannot be faster than this."""
+target-omnisend) and discards. target-omnisend cannot be faster than this.
+
+With NULL_TARGET_READER=target-omnisend it also reads input the way target-omnisend
+does (msgspec first), which is the floor for target-omnisend's own work alone."""
 
 from __future__ import annotations
+
+import os
 
 from singer_sdk import typing as th
 from singer_sdk.sinks import BatchSink
 from singer_sdk.target_base import Target
 
+from target_omnisend.reader import SingerInput
 from target_omnisend.validation import CapturingValidator
 
 
@@ -26,5 +32,12 @@ class NullTarget(Target):
     default_sink_class = NullSink
 
 
+class NullTargetSameReader(NullTarget):
+    message_reader_class = SingerInput
+
+
 if __name__ == "__main__":
-    NullTarget.cli()
+    if os.environ.get("NULL_TARGET_READER") == "target-omnisend":
+        NullTargetSameReader.cli()
+    else:
+        NullTarget.cli()

@@ -39,6 +39,8 @@ class FingerprintStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.scope = scope
         self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queued: list[tuple[str, str, str, bytes, str]] = []
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -76,6 +78,7 @@ class FingerprintStore:
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of this scope and stream for the given emails, queried in chunks."""
         with self._lock:
+            self._write_queued()
             for start in range(0, len(emails), _CHUNK):
                 chunk = emails[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -90,15 +93,28 @@ class FingerprintStore:
         return dict(self._rows_for("email, fp", stream, emails))
 
     def confirm(self, stream: str, rows: Iterable[tuple[str, bytes]], run_id: str) -> None:
-        with self._lock:
+        """Queued, not written: confirmations arrive on delivery threads, and SQLite from
+        a thread that must win the GIL back for every row stalled them behind the busy
+        reading thread (seconds per 100k contacts, holding batch slots). The queue is
+        written by whichever thread next reads or commits, so nothing reads around it."""
+        queued = [(self.scope, stream, email, fp, run_id) for email, fp in rows]
+        with self._queue_lock:
+            self._queued.extend(queued)
+
+    def _write_queued(self) -> None:
+        """Caller holds `_lock`."""
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+        if queued:
             self._db.executemany(
                 "INSERT OR REPLACE INTO fingerprints (scope, stream, email, fp, seen_run) "
                 "VALUES (?, ?, ?, ?, ?)",
-                ((self.scope, stream, email, fp, run_id) for email, fp in rows),
+                queued,
             )
 
     def mark_seen(self, stream: str, emails: Iterable[str], run_id: str) -> None:
         with self._lock:
+            self._write_queued()
             self._db.executemany(
                 "UPDATE fingerprints SET seen_run = ? WHERE scope = ? AND stream = ? AND email = ?",
                 ((run_id, self.scope, stream, email) for email in emails),
@@ -110,6 +126,7 @@ class FingerprintStore:
 
     def forget(self, stream: str, emails: Iterable[str]) -> None:
         with self._lock:
+            self._write_queued()
             self._db.executemany(
                 "DELETE FROM fingerprints WHERE scope = ? AND stream = ? AND email = ?",
                 ((self.scope, stream, email) for email in emails),
@@ -118,10 +135,12 @@ class FingerprintStore:
     def commit(self) -> None:
         """Durable before STATE: called at the delivery barrier."""
         with self._lock:
+            self._write_queued()
             self._db.execute("COMMIT")
             self._db.execute("BEGIN")
 
     def close(self) -> None:
         with self._lock:
+            self._write_queued()
             self._db.execute("COMMIT")
             self._db.close()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import pytest
 
 from target_omnisend.mapping import (
+    _PLAIN_EMAIL,
     NEW_CONTACT_STATUS_DATE,
     Contact,
     MappingConfig,
     Rejection,
+    _email_problem,
     normalize_birthdate,
     normalize_email,
     normalize_phone,
@@ -54,6 +57,10 @@ def test_emails_are_trimmed_lowercased_and_ascii(raw: str, expected: str) -> Non
         ("jane@example.c", "invalid_email"),
         ("jane@-example.com", "invalid_email"),
         ("a" * 65 + "@example.com", "invalid_email"),
+        ("jane\n@example.com", "invalid_email"),
+        ("jane@example.com\n.org", "invalid_email"),
+        ("jane@xn--p1a-.example", "invalid_email"),
+        ("x@" + ("a" * 63 + ".") * 4 + "com", "invalid_email"),  # 262 characters
     ],
 )
 def test_unusable_emails_are_rejected_with_a_reason(raw: object, code: str) -> None:
@@ -63,6 +70,23 @@ def test_unusable_emails_are_rejected_with_a_reason(raw: object, code: str) -> N
     assert result.reason
     if isinstance(raw, str) and raw.strip():
         assert raw.strip() not in result.reason  # the reason never quotes the email
+
+
+def test_the_one_regex_fast_path_never_accepts_what_the_full_rules_refuse() -> None:
+    """Plain addresses take a single-regex shortcut; no random near-miss it lets
+    through may be one the rule-by-rule check (which explains refusals) refuses."""
+    rng = random.Random(4)
+    alphabet = "ab9.-_+@\n xé"
+    tails = ["", "@ab.cd", ".com", "@x-n.io", "@xn--ab-.com", "@a.b", "@" + "a" * 64 + ".io"]
+    accepted = 0
+    for _ in range(20_000):
+        email = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        email = (email + rng.choice(tails)).strip().lower()
+        fast = len(email) <= 254 and bool(_PLAIN_EMAIL.fullmatch(email))
+        if fast:
+            accepted += 1
+            assert email.isascii() and _email_problem(email) is None, email
+    assert accepted > 100  # the check above did run on accepted addresses
 
 
 def test_full_profile_maps_every_attribute() -> None:
