@@ -31,6 +31,10 @@ def account_scope(api_url: str, api_key: str) -> str:
     return hashlib.blake2b(f"{api_url}\0{api_key}".encode(), digest_size=12).hexdigest()
 
 
+#: Confirmed fingerprints held before a delivery thread writes them itself (~1 MB).
+_MAX_QUEUED = 10_000
+
+
 class FingerprintStore:
     """SQLite-backed fingerprints; thread-safe (delivery confirms from worker threads)."""
 
@@ -100,6 +104,10 @@ class FingerprintStore:
         queued = [(self.scope, stream, email, fp, run_id) for email, fp in rows]
         with self._queue_lock:
             self._queued.extend(queued)
+            full = len(self._queued) >= _MAX_QUEUED
+        if full:  # nothing has read for a while (full_refresh never does): bound memory
+            with self._lock:
+                self._write_queued()
 
     def _write_queued(self) -> None:
         """Caller holds `_lock`."""
