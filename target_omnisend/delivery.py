@@ -157,19 +157,9 @@ class DeliveryEngine:
             # The same contact is still in an unconfirmed batch: Omnisend may apply
             # batches in any order, so the newer data waits for the older write.
             self.wait_idle()
-        if not self._slots.acquire(blocking=False):
-            # Reading is paused on us: confirm now rather than when the poll cadence
-            # (every `sends_per_poll` sends) comes round, since no sends are coming.
-            with self._cond:
-                self._waiters += 1
-                self._cond.notify_all()
-            try:
-                while not self._slots.acquire(timeout=0.5):
-                    self.raise_if_failed()
-                    self._nudge()
-            finally:
-                with self._cond:
-                    self._waiters -= 1
+        while not self._slots.acquire(timeout=0.5):
+            self.raise_if_failed()
+            self._nudge()
         ticket = _Ticket(emails=emails, open_items=len(items))
         for item in items:
             item.ticket = ticket
