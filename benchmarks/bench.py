@@ -159,10 +159,15 @@ class ServerProcess:
 
 
 def run_target(input_path: Path, server: ServerProcess, **config: object) -> Measure:
+    # A fresh fingerprint store per run: a first export, and no benchmark sharing one.
+    store = OUT / f"fingerprints-{os.getpid()}.sqlite"
+    for leftover in OUT.glob(f"{store.name}*"):
+        leftover.unlink()
     cfg = {
         "api_key": "bench",
         "api_url": server.url,
         "rejected_records_path": str(OUT / "rejected.jsonl"),
+        "fingerprint_store_path": str(store),
         **config,
     }
     cfg_path = OUT / "bench-config.json"

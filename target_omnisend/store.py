@@ -8,6 +8,7 @@ the next run send more, never less. A lost or deleted store costs a full send.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import threading
@@ -33,6 +34,8 @@ def account_scope(api_url: str, api_key: str) -> str:
 
 #: Confirmed fingerprints held before a delivery thread writes them itself (~1 MB).
 _MAX_QUEUED = 10_000
+#: How long a write waits for another run sharing the store to finish its transaction.
+_BUSY_TIMEOUT = 60.0
 
 
 class FingerprintStore:
@@ -45,7 +48,12 @@ class FingerprintStore:
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queued: list[tuple[str, str, str, bytes, str]] = []
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # Short write transactions and a patient busy timeout: runs that share the store
+        # (two scheduled segments of one project) take turns instead of failing with
+        # "database is locked", which a whole-run transaction made them do.
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(
@@ -60,8 +68,18 @@ class FingerprintStore:
             );
             """
         )
-        self.invalidated = self._check_config(config_hash)
-        self._db.execute("BEGIN")
+        with self._transaction():
+            self.invalidated = self._check_config(config_hash)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _check_config(self, config_hash: str) -> bool:
         """A different mapping means different bodies: forget what was sent."""
@@ -82,7 +100,7 @@ class FingerprintStore:
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of this scope and stream for the given emails, queried in chunks."""
         with self._lock:
-            self._write_queued()
+            self._flush()
             for start in range(0, len(emails), _CHUNK):
                 chunk = emails[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -107,10 +125,15 @@ class FingerprintStore:
             full = len(self._queued) >= _MAX_QUEUED
         if full:  # nothing has read for a while (full_refresh never does): bound memory
             with self._lock:
-                self._write_queued()
+                self._flush()
+
+    def _flush(self) -> None:
+        """Write the queue in a transaction of its own. Caller holds `_lock`."""
+        with self._transaction():
+            self._write_queued()
 
     def _write_queued(self) -> None:
-        """Caller holds `_lock`."""
+        """Caller holds `_lock` and is inside a transaction."""
         with self._queue_lock:
             queued, self._queued = self._queued, []
         if queued:
@@ -121,7 +144,7 @@ class FingerprintStore:
             )
 
     def mark_seen(self, stream: str, emails: Iterable[str], run_id: str) -> None:
-        with self._lock:
+        with self._lock, self._transaction():
             self._write_queued()
             self._db.executemany(
                 "UPDATE fingerprints SET seen_run = ? WHERE scope = ? AND stream = ? AND email = ?",
@@ -133,7 +156,7 @@ class FingerprintStore:
         return {email for (email,) in rows}
 
     def forget(self, stream: str, emails: Iterable[str]) -> None:
-        with self._lock:
+        with self._lock, self._transaction():
             self._write_queued()
             self._db.executemany(
                 "DELETE FROM fingerprints WHERE scope = ? AND stream = ? AND email = ?",
@@ -141,14 +164,13 @@ class FingerprintStore:
             )
 
     def commit(self) -> None:
-        """Durable before STATE: called at the delivery barrier."""
+        """Durable before STATE: called at the delivery barrier. (Everything written
+        earlier is committed already: a fingerprint is only ever written for a contact
+        Omnisend confirmed, so committing it early can only save a re-send.)"""
         with self._lock:
-            self._write_queued()
-            self._db.execute("COMMIT")
-            self._db.execute("BEGIN")
+            self._flush()
 
     def close(self) -> None:
         with self._lock:
-            self._write_queued()
-            self._db.execute("COMMIT")
+            self._flush()
             self._db.close()

@@ -4,6 +4,7 @@ guards, consent, dry run — each checked against what the local Omnisend holds.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,39 @@ def test_static_tags_join_the_segment_tag_without_touching_other_tags(
         assert sorted(contact["tags"]) == ["from-warehouse", "vip-2026"]
     # one tags call covers all three new members (≤ 250 emails a call)
     assert server.count(method="POST", path_prefix="/contacts/tags") == 1
+
+
+def test_two_segments_running_at_once_share_one_fingerprint_store(
+    seg_config: dict, tmp_path: Path
+) -> None:
+    """Two scheduled jobs of one project, overlapping: both finish, neither is refused
+    the shared store, and each one's next run finds all its contacts unchanged."""
+    with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.3) as slow:
+        seg_config["api_url"] = slow.url
+        jobs = {
+            stream: (profiles(1500, start=offset), tmp_path / stream)
+            for stream, offset in (("vip", 0), ("churn_risk", 5000))
+        }
+        for _, workdir in jobs.values():
+            workdir.mkdir()
+
+        def night() -> list:
+            with ThreadPoolExecutor(2) as pool:
+                runs = [
+                    pool.submit(
+                        run_target,
+                        {**seg_config, "rejected_records_path": str(workdir / "rejected.jsonl")},
+                        segment_messages(records, stream=stream),
+                        workdir=workdir,
+                    )
+                    for stream, (records, workdir) in jobs.items()
+                ]
+                return [run.result() for run in runs]
+
+        for run in night():
+            assert run.returncode == 0, run.stderr[-2000:]
+            assert "delivered=1500" in run.stderr
+        assert len(slow.contacts()) == 3000
+        for run in night():
+            assert run.returncode == 0, run.stderr[-2000:]
+            assert "delivered=0 rejected=0 unchanged=1500" in run.stderr
