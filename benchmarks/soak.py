@@ -24,9 +24,9 @@ What it does
 
 The full soak: `--records 1000000` took 4 min 51 s for the target (+ ~1.5 min reading
 the server back) on 2 shared cores, without a rate limit: 1,493 random faults, 10,284
-refusals, 13 contacts rejected as delivery_failed, zero loss, target peak RSS 87 MB. Add `--rpm 400` for Omnisend's real limit
-(at least 25 minutes). The server keeps every contact and batch in memory (~3 GB at 1M);
-the target's RSS stays flat.
+refusals, 13 contacts rejected as delivery_failed, zero loss, target peak RSS 87 MB.
+Add `--rpm 400` for Omnisend's real limit (at least 25 minutes). The server keeps every
+contact and batch in memory (~3 GB at 1M); the target's RSS stays flat.
 `batch_stuck` fires at a tenth of the base rate: a batch stuck twice in a row ends the
 run by design (re-sent once, then the run fails), which at 2% x 2% over 10,000 batches
 would be expected about 4 times per million records.
