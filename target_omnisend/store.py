@@ -128,7 +128,12 @@ class FingerprintStore:
                 self._flush()
 
     def _flush(self) -> None:
-        """Write the queue in a transaction of its own. Caller holds `_lock`."""
+        """Write the queue, if any, in a transaction of its own; an empty queue takes no
+        write lock (reads flush first and must not queue behind other runs' writes).
+        Caller holds `_lock`."""
+        with self._queue_lock:
+            if not self._queued:
+                return
         with self._transaction():
             self._write_queued()
 
