@@ -47,23 +47,18 @@ class ContactsSink(BatchSink):
     ) -> None:
         """The SDK asks, for every field of every record, whether its schema is a date
         (~4 µs a profile, a fifth of the SDK's own cost per record). The schema does not
-        change between records, so ask once per schema, then let the SDK parse and repair
-        just the date fields, with its own rules."""
+        change between records, so ask once per schema, then hand the SDK just the date
+        fields (to parse and repair) and any fields the schema lacks (to warn about),
+        with its own rules."""
         if self._date_plan is None or self._date_plan[0] is not schema:
             properties = schema["properties"]
             dates = frozenset(k for k, v in properties.items() if get_datelike_property_type(v))
             self._date_plan = (schema, dates, frozenset(properties))
         _, dates, known = self._date_plan
-        unknown = record.keys() - known
-        if unknown and not schema.get("additionalProperties", False):
-            for key in unknown - self._warned_missing_fields:
-                if record[key] is not None:
-                    self.logger.warning("No schema for record field '%s'", key)
-                    self._warned_missing_fields.add(key)
-        present = {key: record[key] for key in dates if key in record}
-        if present:
-            super()._parse_timestamps_in_record(present, schema, treatment)
-            record.update(present)
+        fields = {key: record[key] for key in (dates & record.keys()) | (record.keys() - known)}
+        if fields:
+            super()._parse_timestamps_in_record(fields, schema, treatment)
+            record.update(fields)
 
     def get_validator(self) -> CapturingValidator | None:
         return CapturingValidator(self.schema) if self.validate_schema else None

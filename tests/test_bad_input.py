@@ -358,3 +358,42 @@ def test_blank_lines_between_messages_are_skipped(
     assert result.returncode == 0, result.stderr[-2000:]
     assert held_emails(server) == {"a@example.com", "b@example.com"}
     assert reconcile(tmp_path, 2)["delivered"] == 2
+
+
+def test_dates_are_parsed_bad_dates_dropped_and_unknown_fields_warned_once(
+    server: OmnisendServer, config: dict, tmp_path: Path
+) -> None:
+    """The SDK's date rules, applied only to the schema's date fields: a good date is
+    used, a malformed one becomes null (the record still goes out), and a field the
+    schema lacks is named once in the log — never its value."""
+    config["status_field"] = "status"
+    config["status_timestamp_field"] = "consent_at"
+    when = {"type": ["string", "null"], "format": "date-time"}
+    messages = [
+        schema(email=TEXT, status=TEXT, consent_at=when),
+        record(email="dated@example.com", status="subscribed", consent_at="2026-05-01T10:00:00Z"),
+        record(email="garbled@example.com", status="subscribed", consent_at="yesterday-ish"),
+        record(email="extra1@example.com", nickname="Secret Nick"),
+        record(email="extra2@example.com", nickname="Other Nick"),
+    ]
+    result = run(config, messages, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert held_emails(server) == {
+        "dated@example.com",
+        "garbled@example.com",
+        "extra1@example.com",
+        "extra2@example.com",
+    }
+
+    def email_channel(email: str) -> dict[str, Any]:
+        contact = server.contact(email)
+        assert contact is not None
+        [ident] = [i for i in contact["identifiers"] if i["type"] == "email"]
+        return ident["channels"]["email"]
+
+    assert email_channel("dated@example.com")["statusChangedAt"].startswith("2026-05-01T10:00")
+    garbled = email_channel("garbled@example.com")
+    assert garbled["status"] == "subscribed"
+    assert not garbled["statusChangedAt"].startswith("2026-05-01")  # dated at the run's start
+    assert result.stderr.count("No schema for record field 'nickname'") == 1
+    assert "Nick" not in result.stderr
