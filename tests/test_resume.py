@@ -17,6 +17,7 @@ from tests.harness import read_jsonl, stored_email
 from tests.omnisend_server import OmnisendServer
 from tests.test_faults import (
     STREAM,
+    LiveRun,
     assert_reconciled,
     assert_states_cover_only_final_records,
     held_emails,
@@ -65,6 +66,29 @@ def _tags_settled(server: OmnisendServer, emails: set[str]) -> bool:
     return False
 
 
+def _kill_mid_run(
+    server: OmnisendServer,
+    config: dict[str, Any],
+    records: list[dict[str, Any]],
+    tmp_path: Path,
+    kill_after_states: int,
+) -> LiveRun:
+    """The first night: input paced so work is always in flight, killed with SIGKILL
+    once `kill_after_states` STATE messages are out."""
+    first = run_live(
+        server,
+        config,
+        pages(records),
+        tmp_path,
+        drain_seconds=0.3,
+        page_pause=0.08,
+        kill_after_states=kill_after_states,
+    )
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert_states_cover_only_final_records(first, records)
+    return first
+
+
 @pytest.mark.parametrize("kill_after_states", [1, 4])
 def test_kill_9_mid_run_then_resume_from_the_last_state_loses_nothing(
     laggy_server: OmnisendServer,
@@ -74,18 +98,8 @@ def test_kill_9_mid_run_then_resume_from_the_last_state_loses_nothing(
 ) -> None:
     records = make_records(TOTAL)
 
-    first = run_live(
-        laggy_server,
-        resume_config,
-        pages(records),
-        tmp_path,
-        drain_seconds=0.3,
-        page_pause=0.08,
-        kill_after_states=kill_after_states,
-    )
-    assert first.returncode == -9, first.stderr[-2000:]
+    first = _kill_mid_run(laggy_server, resume_config, records, tmp_path, kill_after_states)
     assert len(first.checkpoints) == kill_after_states
-    assert_states_cover_only_final_records(first, records)
     resume_at = first.checkpoints[-1].offset
     assert 0 < resume_at < TOTAL, "the kill must land mid-run"
     assert not (tmp_path / "summary.json").exists()
@@ -98,7 +112,8 @@ def test_kill_9_mid_run_then_resume_from_the_last_state_loses_nothing(
     counts = assert_reconciled(second, rest, laggy_server, tmp_path, expect_rejected=set())
     assert held_emails(laggy_server) == {r["email"] for r in records}, "a contact was lost"
     # Records past the bookmark that the killed run had confirmed are skipped as
-    # unchanged (the fingerprint store was committed with the STATE); the rest are sent.
+    # unchanged (their fingerprints were committed once confirmed, at the latest with
+    # the STATE); the rest are sent.
     assert counts["delivered"] + counts["unchanged"] == len(rest)
     assert _tags_settled(laggy_server, {r["email"] for r in records}), "a contact lost its tag"
     assert read_jsonl(tmp_path / "rejected.jsonl") == []
@@ -110,17 +125,7 @@ def test_resume_without_the_fingerprint_store_resends_and_still_loses_nothing(
     """The store is an optimisation: losing it (or disabling it) costs re-sends only."""
     resume_config["fingerprint_store_path"] = ""
     records = make_records(1500)
-    first = run_live(
-        laggy_server,
-        resume_config,
-        pages(records),
-        tmp_path,
-        drain_seconds=0.3,
-        page_pause=0.08,
-        kill_after_states=2,
-    )
-    assert first.returncode == -9
-    assert_states_cover_only_final_records(first, records)
+    first = _kill_mid_run(laggy_server, resume_config, records, tmp_path, kill_after_states=2)
     resume_at = first.checkpoints[-1].offset
     rest = records[resume_at:]
     second = run_live(laggy_server, resume_config, pages(rest, start=resume_at), tmp_path)
