@@ -24,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from target_omnisend.api import problem_summary
 from target_omnisend.client import OmnisendClient, RequestRefused
-from target_omnisend.errors import DeliveryError
+from target_omnisend.errors import Cancelled, DeliveryError
 from target_omnisend.mapping import email_of
 
 T = TypeVar("T")
@@ -184,6 +184,16 @@ class DeliveryEngine:
             with self._cond:
                 self._waiters -= 1
         self.raise_if_failed()
+
+    def in_flight(self, email: str) -> bool:
+        """Submitted and not yet final (the latest version of a contact must not be
+        skipped as unchanged while an older one may still land after it)."""
+        with self._cond:
+            return email in self._inflight_emails
+
+    def cancel(self) -> None:
+        """Blocked `submit()`/`wait_idle()` calls raise `Cancelled`; nothing new is posted."""
+        self._fail(Cancelled("the run was cancelled"))
 
     def raise_if_failed(self) -> None:
         if self._error is not None:

@@ -31,3 +31,8 @@ class AuthenticationError(FatalAPIError):
 class DeliveryError(FatalAPIError):
     """Omnisend stayed unavailable beyond the retry budget; the run must stop without
     advancing STATE so that a re-run resumes from the last delivered record."""
+
+
+class Cancelled(Exception):
+    """The run was cancelled (SIGTERM/SIGINT): whatever waited gives up, nothing new is
+    sent, and no STATE follows."""

@@ -1,90 +1,108 @@
-"""Mirror mode: contacts that left the segment lose its tag — and only under guards.
+"""Mirror mode: contacts that left the segment lose its tag — only under guards, and
+only after they stayed away for `mirror_confirm_runs` complete runs in a row.
 
 Omnisend is the source of truth for who carries the tag (listed from it, not from our
-store). Removal is refused, with the reason logged and recorded, when the stream was
-not read completely, when any contact could not be delivered, or when the share of
-leavers is implausibly high (a broken source looks exactly like everyone leaving).
-Contacts are never deleted.
+store); the run's seen-set says who was in the segment this time. The target cannot
+see the tap's exit code and `meltano run` ends the input the same way whether the tap
+finished or died, so one complete-looking read is not proof that a member left:
+removals are *staged* in the store and carried out only when the member is absent
+again from the next complete read(s). A run where the share of absent members is above
+`mirror_max_removal_ratio` (a broken or empty source looks exactly like everyone
+leaving) removes and stages nothing. Contacts are never deleted.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Container
+from dataclasses import dataclass, field
+from typing import Any
 
-from target_omnisend.delivery import TAG_CHUNK
-from target_omnisend.mapping import email_of
-
-if TYPE_CHECKING:
-    from target_omnisend.target import TargetOmnisend
-
-
-def _refuse(target: TargetOmnisend, stream: str, reason: str) -> None:
-    target.logger.warning("Mirror of stream '%s' removed nothing: %s", stream, reason)
-    target.outcomes.mirror[stream] = {"removed": 0, "skipped": reason}
+from target_omnisend.store import FingerprintStore
+from target_omnisend.writer import Writer
 
 
-def mirror_stream(target: TargetOmnisend, stream: str) -> None:
-    settings = target.settings
-    tag = settings.segment_tag.format(stream_name=stream)
-    counts = target.outcomes.streams[stream]
-    if settings.mirror_trigger == "activate_version" and stream not in target.complete_streams:
-        _refuse(
-            target,
-            stream,
-            "the tap did not mark it as a full read (no ACTIVATE_VERSION); an incremental "
-            "read cannot tell who left (set mirror_trigger: end_of_input if it always is full)",
+@dataclass(frozen=True)
+class MirrorDecision:
+    """What one complete run means for a tag's absent members."""
+
+    remove: list[str] = field(default_factory=list)
+    #: Members absent but not (yet) removed -> consecutive complete runs absent.
+    staged: dict[str, int] = field(default_factory=dict)
+    refused: str | None = None
+
+
+def decide(
+    tagged: int,
+    absent: list[str],
+    previous: dict[str, tuple[int, str]],
+    run_id: str,
+    *,
+    max_ratio: float,
+    confirm_runs: int,
+) -> MirrorDecision:
+    """Pure: absent members are removed once absent `confirm_runs` runs in a row, unless
+    this run's absent share exceeds `max_ratio` (then nothing at all changes)."""
+    ratio = len(absent) / tagged if tagged else 0.0
+    if ratio > max_ratio:
+        return MirrorDecision(
+            refused=f"{len(absent)} of {tagged} tagged contacts ({ratio:.0%}) are absent from "
+            f"this run, more than mirror_max_removal_ratio {max_ratio:.0%}"
         )
-        return
-    failed = counts.rejected_by_reason.get("delivery_failed", 0)
-    if failed:
-        _refuse(target, stream, f"{failed} contact(s) could not be delivered in this run")
-        return
-    if target.store is None:
-        _refuse(target, stream, "mirror needs the fingerprint store to know who was in the run")
-        return
-    run_id = target.outcomes.run_id
+    remove: list[str] = []
+    staged: dict[str, int] = {}
+    for email in absent:
+        runs, last_run = previous.get(email, (0, ""))
+        runs = runs if last_run == run_id else runs + 1
+        if runs >= confirm_runs:
+            remove.append(email)
+        else:
+            staged[email] = runs
+    return MirrorDecision(remove=remove, staged=staged)
+
+
+def mirror_tag(
+    tag: str,
+    *,
+    present: Container[str],
+    writer: Writer,
+    store: FingerprintStore,
+    run_id: str,
+    max_ratio: float,
+    confirm_runs: int,
+    logger: logging.Logger,
+) -> dict[str, Any]:
+    """List who carries `tag`, decide, act (or, for a dry-run writer, write the plan)."""
     tagged = 0
-    leavers: list[str] = []
-    page: list[str] = []
-
-    def check(emails: list[str]) -> None:
-        seen = target.store.seen_in_run(stream, emails, run_id) if target.store else set()
-        leavers.extend(email for email in emails if email not in seen)
-
-    for contact in target.client.list_contacts(tag=tag):
-        email = email_of(contact)
-        if email is None:
-            continue
+    absent: list[str] = []
+    for email in writer.tagged_members(tag):
         tagged += 1
-        page.append(email)
-        if len(page) >= 500:
-            check(page)
-            page = []
-    check(page)
-    ratio = len(leavers) / tagged if tagged else 0.0
-    if ratio > settings.mirror_max_removal_ratio:
-        _refuse(
-            target,
-            stream,
-            f"{len(leavers)} of {tagged} tagged contacts ({ratio:.0%}) would lose the tag, more "
-            f"than mirror_max_removal_ratio {settings.mirror_max_removal_ratio:.0%}",
-        )
-        return
-    for start in range(0, len(leavers), TAG_CHUNK):
-        chunk = leavers[start : start + TAG_CHUNK]
-        if target.dry_run is not None:
-            target.dry_run.remove_tags([tag], chunk)
-            continue
-        target.client.remove_tags([tag], chunk)
-        target.store.forget(stream, chunk)
-    if target.dry_run is None:
-        target.store.commit()
-    target.outcomes.mirror[stream] = {"removed": len(leavers), "tagged": tagged}
-    target.logger.info(
-        "Mirror of stream '%s': %d of %d tagged contact(s) left the segment and %s the tag '%s'",
-        stream,
-        len(leavers),
+        if email not in present:
+            absent.append(email)
+    decision = decide(
         tagged,
-        "would lose" if target.dry_run is not None else "lost",
-        tag,
+        absent,
+        store.absences(tag, absent),
+        run_id,
+        max_ratio=max_ratio,
+        confirm_runs=confirm_runs,
     )
+    if decision.refused:
+        logger.warning("Mirror of tag '%s' removed nothing: %s", tag, decision.refused)
+        return {"removed": 0, "tagged": tagged, "skipped": decision.refused}
+    writer.remove_tags(tag, decision.remove)
+    store.forget_tagged(tag, decision.remove)
+    store.record_absences(tag, decision.staged, run_id)
+    store.commit()
+    verb = "lost" if writer.sends else "would lose"
+    logger.info(
+        "Mirror of tag '%s': %d of %d tagged contact(s) %s the tag; %d more absent, kept "
+        "until absent from %d complete run(s) in a row (mirror_confirm_runs)",
+        tag,
+        len(decision.remove),
+        tagged,
+        verb,
+        len(decision.staged),
+        confirm_runs,
+    )
+    return {"removed": len(decision.remove), "tagged": tagged, "staged": len(decision.staged)}

@@ -54,6 +54,7 @@ class Settings:
     sync_mode: str
     mirror_max_removal_ratio: float
     mirror_trigger: str
+    mirror_confirm_runs: int
     summary_path: str | None
     progress_interval: float
     state_interval: float
@@ -213,6 +214,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         sync_mode=sync_mode,
         mirror_max_removal_ratio=_number(config, "mirror_max_removal_ratio", 0.5, 0, 1),
         mirror_trigger=mirror_trigger,
+        mirror_confirm_runs=int(_number(config, "mirror_confirm_runs", 2, 1, 100)),
         summary_path=config.get("summary_path") or None,
         progress_interval=_number(config, "progress_interval", 30.0, 0, 86_400),
         state_interval=_number(config, "state_interval", 60.0, 0.1, 86_400),

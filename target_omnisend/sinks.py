@@ -2,7 +2,7 @@
 
 Records are validated and mapped as they arrive (so rejections are immediate and
 cheap), buffered per email (a later duplicate replaces the earlier one), and handed to
-the delivery engine in Omnisend-sized batches when the SDK drains the sink.
+the run pipeline when the SDK drains the sink. Sinks keep no run state of their own.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from singer_sdk.sinks import BatchSink
 
 from target_omnisend.delivery import Item
 from target_omnisend.mapping import Rejection, to_contact
-from target_omnisend.store import fingerprint
 from target_omnisend.validation import CapturingValidator
 
 if TYPE_CHECKING:
+    from target_omnisend.pipeline import RunPipeline
     from target_omnisend.target import TargetOmnisend
 
 
@@ -30,11 +30,10 @@ class ContactsSink(BatchSink):
     MAX_SIZE_DEFAULT = 1000
 
     def __init__(self, target: TargetOmnisend, *args: Any, **kwargs: Any) -> None:
-        self._omnisend = target
-        self._carry: dict[str, Item] = {}
+        self.pipeline: RunPipeline = target.pipeline
+        self.mapping = target.pipeline.settings.mapping
         self._date_plan: tuple[dict, frozenset[str], frozenset[str]] | None = None
         super().__init__(target, *args, **kwargs)
-        target.all_sinks.append(self)
 
     @property
     def datetime_error_treatment(self) -> DatetimeErrorTreatmentEnum:
@@ -64,26 +63,26 @@ class ContactsSink(BatchSink):
         return CapturingValidator(self.schema) if self.validate_schema else None
 
     def process_record(self, record: dict, context: dict) -> None:
-        outcomes = self._omnisend.outcomes
-        outcomes.received(self.stream_name)
+        pipeline = self.pipeline
+        pipeline.received(self.stream_name)
         error = (
             self._validator.take_error()
             if isinstance(self._validator, CapturingValidator)
             else None
         )
         if error:
-            outcomes.rejected(self.stream_name, record, "schema_invalid", error)
+            pipeline.reject(self.stream_name, record, "schema_invalid", error)
             return
-        result = to_contact(record, self._omnisend.settings.mapping)
+        result = to_contact(record, self.mapping)
         if isinstance(result, Rejection):
-            outcomes.rejected(self.stream_name, record, result.code, result.reason)
+            pipeline.reject(self.stream_name, record, result.code, result.reason)
             return
         for warning in result.warnings:
-            outcomes.warned(self.stream_name, warning)
+            pipeline.warned(self.stream_name, warning)
         pending: dict[str, Item] = context.setdefault("items", {})
         if pending.pop(result.email, None) is not None:
             # Deterministic merge: the later record of the same contact wins.
-            outcomes.merged(self.stream_name)
+            pipeline.merged(self.stream_name)
             self.tally_duplicate_merged()
         pending[result.email] = Item(self.stream_name, result.email, result.body, record)
 
@@ -92,55 +91,6 @@ class ContactsSink(BatchSink):
         batch, again for each record (quadratic, and personal data in the log)."""
 
     def process_batch(self, context: dict) -> None:
-        """Skip what Omnisend already has, then hand the rest over in Omnisend-sized
-        batches; confirmation happens in the background and the target waits for it
-        before emitting STATE."""
-        target = self._omnisend
-        settings = target.settings
-        items = list(context.get("items", {}).values())
-        tags = settings.tags_for(self.stream_name)
-        store = target.store
-        known = (
-            store.known(self.stream_name, [item.email for item in items])
-            if store is not None and not settings.full_refresh
-            else {}
-        )
-        changed: list[Item] = []
-        unchanged: list[str] = []
-        encode = target.client.encode_contact
-        for item in items:
-            item.payload = encode(item.body)
-            if store is not None:
-                item.fingerprint = fingerprint(item.payload, settings.mapping.run_started_at)
-            previous = known.get(item.email)
-            if previous is not None and previous == item.fingerprint:
-                unchanged.append(item.email)
-                continue
-            # Only contacts new to the segment cost a (slow, 60/min) tag call.
-            item.tags = tags if previous is None else ()
-            changed.append(item)
-        if unchanged:
-            target.outcomes.unchanged(self.stream_name, len(unchanged))
-            if store is not None and not settings.dry_run:
-                store.mark_seen(self.stream_name, unchanged, target.outcomes.run_id)
-        # Changed contacts are few on a re-run and spread over many drains: carry them
-        # over until a batch is full, so 1% changed costs ~1% of the batches.
-        for item in changed:
-            if self._carry.pop(item.email, None) is not None:
-                target.outcomes.merged(self.stream_name)
-            self._carry[item.email] = item
-        self._send_carry(full_only=True)
-
-    def _send_carry(self, *, full_only: bool) -> None:
-        settings = self._omnisend.settings
-        size = settings.batch_size
-        while len(self._carry) >= size or (self._carry and not full_only):
-            batch = [self._carry.pop(email) for email in list(self._carry)[:size]]
-            if settings.dry_run:
-                self._omnisend.dry_run.batch(self.stream_name, batch)
-            else:
-                self._omnisend.engine.submit(batch)
-
-    def flush(self) -> None:
-        """Send a partly filled batch: called at every barrier, before STATE."""
-        self._send_carry(full_only=False)
+        """Hand the drained contacts to the run pipeline, which diffs, batches and
+        delivers them; the target checkpoints through it before every STATE."""
+        self.pipeline.hand_over(self.stream_name, list(context.get("items", {}).values()))

@@ -1,9 +1,21 @@
 """The embedded fingerprint store behind "send only what changed".
 
-One row per (account, stream, email): the fingerprint of the last contact body Omnisend
-confirmed and the run that last saw the email. Rows are written only after Omnisend
-confirmed the write, and committed before STATE is emitted, so a crash can only make
-the next run send more, never less. A lost or deleted store costs a full send.
+Rows live in *partitions*: one per (account, stream, mapping). A partition holds, per
+email, the fingerprint of the last contact body Omnisend confirmed. Two pipelines that
+share the file (two segments, or one segment mapped two ways) each keep their own
+partition, so a mapping change in one never touches the other's rows; a mapping change
+simply starts a new, empty partition (everything is sent once), and partitions unused
+for `PARTITION_TTL_DAYS` are dropped.
+
+Rows are written only after Omnisend confirmed the write (and the segment tag), and
+committed before STATE is emitted, so a crash can only make the next run send more,
+never less. A lost or deleted store costs a full send.
+
+The store also keeps mirror mode's *staged removals* per (account, tag): how many
+consecutive complete runs a tagged member was absent from (see `mirror.py`).
+
+A dry run opens the store read-only (`ReadOnlyStore`): it diffs against the real
+fingerprints and previews staged removals, and cannot write a row.
 """
 
 from __future__ import annotations
@@ -12,11 +24,33 @@ import contextlib
 import hashlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 500  # SQLite's default limit on host parameters is 999 (older builds)
+#: Confirmed fingerprints held before a delivery thread writes them itself (~1 MB).
+_MAX_QUEUED = 10_000
+#: How long a write waits for another run sharing the store to finish its transaction.
+_BUSY_TIMEOUT = 60.0
+PARTITION_TTL_DAYS = 90
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS partitions (
+    part TEXT PRIMARY KEY, scope TEXT NOT NULL, stream TEXT NOT NULL,
+    config_hash TEXT NOT NULL, tags TEXT NOT NULL, last_used REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contact_fingerprints (
+    part TEXT NOT NULL, email TEXT NOT NULL, fp BLOB NOT NULL,
+    PRIMARY KEY (part, email)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mirror_absences (
+    scope TEXT NOT NULL, tag TEXT NOT NULL, email TEXT NOT NULL,
+    runs INTEGER NOT NULL, last_run TEXT NOT NULL,
+    PRIMARY KEY (scope, tag, email)
+) WITHOUT ROWID;
+"""
 
 
 def fingerprint(payload: str, run_started_at: str) -> bytes:
@@ -32,44 +66,91 @@ def account_scope(api_url: str, api_key: str) -> str:
     return hashlib.blake2b(f"{api_url}\0{api_key}".encode(), digest_size=12).hexdigest()
 
 
-#: Confirmed fingerprints held before a delivery thread writes them itself (~1 MB).
-_MAX_QUEUED = 10_000
-#: How long a write waits for another run sharing the store to finish its transaction.
-_BUSY_TIMEOUT = 60.0
+def partition_key(scope: str, stream: str, config_hash: str) -> str:
+    return hashlib.blake2b(f"{scope}\0{stream}\0{config_hash}".encode(), digest_size=12).hexdigest()
+
+
+def _retry_locked(action: Any, deadline: float) -> Any:
+    """Opening a new store switches it to WAL, which needs a moment of exclusive access
+    that SQLite's busy handler does not wait for: two runs starting together would see
+    'database is locked'. Retry such statements until the busy timeout."""
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class FingerprintStore:
-    """SQLite-backed fingerprints; thread-safe (delivery confirms from worker threads)."""
+    """SQLite-backed fingerprints and staged removals; thread-safe (delivery confirms
+    from worker threads)."""
+
+    read_only = False
 
     def __init__(self, path: str | Path, scope: str, config_hash: str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.scope = scope
+        self.config_hash = config_hash
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
-        self._queued: list[tuple[str, str, str, bytes, str]] = []
-        # Short write transactions and a patient busy timeout: runs that share the store
-        # (two scheduled segments of one project) take turns instead of failing with
-        # "database is locked", which a whole-run transaction made them do.
-        self._db = sqlite3.connect(
+        self._queued: list[tuple[str, str, bytes]] = []
+        self._parts: dict[str, str] = {}
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS fingerprints (
-                scope TEXT NOT NULL, stream TEXT NOT NULL, email TEXT NOT NULL,
-                fp BLOB NOT NULL, seen_run TEXT,
-                PRIMARY KEY (scope, stream, email)
-            ) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS scopes (
-                scope TEXT PRIMARY KEY, config_hash TEXT NOT NULL
-            );
-            """
-        )
-        with self._transaction():
-            self.invalidated = self._check_config(config_hash)
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL").fetchone(), deadline)
+        db.execute("PRAGMA synchronous=NORMAL")
+        _retry_locked(lambda: db.executescript(_SCHEMA), deadline)
+        return db
+
+    # -- partitions -------------------------------------------------------------------
+
+    def part(self, stream: str, tags: Sequence[str] = ()) -> str:
+        """This pipeline's partition for a stream, registered (with the tags its members
+        carry, so mirror can forget them by tag) on first use in a run."""
+        part = self._parts.get(stream)
+        if part is None:
+            part = partition_key(self.scope, stream, self.config_hash)
+            self._register(part, stream, tags)
+            self._parts[stream] = part
+        return part
+
+    def _register(self, part: str, stream: str, tags: Sequence[str]) -> None:
+        now = time.time()
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO partitions VALUES (?, ?, ?, ?, ?, ?)",
+                (part, self.scope, stream, self.config_hash, "\0".join(tags), now),
+            )
+            stale = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT part FROM partitions WHERE last_used < ?",
+                    (now - PARTITION_TTL_DAYS * 86_400,),
+                )
+            ]
+            for old in stale:
+                self._db.execute("DELETE FROM contact_fingerprints WHERE part = ?", (old,))
+                self._db.execute("DELETE FROM partitions WHERE part = ?", (old,))
+
+    def is_new_mapping(self, stream: str) -> bool:
+        """True when this account and stream were exported before, but never with this
+        mapping: everything of the stream is sent again (and the user is told why)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT config_hash FROM partitions WHERE scope = ? AND stream = ?",
+                (self.scope, stream),
+            ).fetchall()
+        return bool(rows) and all(row[0] != self.config_hash for row in rows)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -81,45 +162,30 @@ class FingerprintStore:
             raise
         self._db.execute("COMMIT")
 
-    def _check_config(self, config_hash: str) -> bool:
-        """A different mapping means different bodies: forget what was sent."""
-        row = self._db.execute(
-            "SELECT config_hash FROM scopes WHERE scope = ?", (self.scope,)
-        ).fetchone()
-        if row and row[0] == config_hash:
-            return False
-        self._db.execute("DELETE FROM fingerprints WHERE scope = ?", (self.scope,))
-        self._db.execute(
-            "INSERT OR REPLACE INTO scopes (scope, config_hash) VALUES (?, ?)",
-            (self.scope, config_hash),
-        )
-        return row is not None
+    # -- fingerprints -----------------------------------------------------------------
 
-    def _rows_for(
-        self, columns: str, stream: str, emails: Sequence[str], where: str = "", *args: Any
+    def _select(
+        self, sql: str, key: Sequence[Any], values: Sequence[str]
     ) -> Iterator[tuple[Any, ...]]:
-        """Rows of this scope and stream for the given emails, queried in chunks."""
+        """`sql` with `{marks}` for the IN list, run over `values` in chunks."""
         with self._lock:
             self._flush()
-            for start in range(0, len(emails), _CHUNK):
-                chunk = emails[start : start + _CHUNK]
+            for start in range(0, len(values), _CHUNK):
+                chunk = values[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                yield from self._db.execute(
-                    f"SELECT {columns} FROM fingerprints WHERE scope = ? AND stream = ? "
-                    f"{where} AND email IN ({marks})",
-                    (self.scope, stream, *args, *chunk),
-                ).fetchall()
+                yield from self._db.execute(sql.format(marks=marks), (*key, *chunk)).fetchall()
 
-    def known(self, stream: str, emails: Sequence[str]) -> dict[str, bytes]:
+    def known(self, part: str, emails: Sequence[str]) -> dict[str, bytes]:
         """Fingerprints on record for these emails (absent = never confirmed)."""
-        return dict(self._rows_for("email, fp", stream, emails))
+        sql = "SELECT email, fp FROM contact_fingerprints WHERE part = ? AND email IN ({marks})"
+        return dict(self._select(sql, (part,), emails))
 
-    def confirm(self, stream: str, rows: Iterable[tuple[str, bytes]], run_id: str) -> None:
+    def confirm(self, part: str, rows: Iterable[tuple[str, bytes]]) -> None:
         """Queued, not written: confirmations arrive on delivery threads, and SQLite from
         a thread that must win the GIL back for every row stalled them behind the busy
-        reading thread (seconds per 100k contacts, holding batch slots). The queue is
-        written by whichever thread next reads or commits, so nothing reads around it."""
-        queued = [(self.scope, stream, email, fp, run_id) for email, fp in rows]
+        reading thread. The queue is written by whichever thread next reads or commits,
+        so nothing reads around it."""
+        queued = [(part, email, fp) for email, fp in rows]
         with self._queue_lock:
             self._queued.extend(queued)
             full = len(self._queued) >= _MAX_QUEUED
@@ -129,49 +195,61 @@ class FingerprintStore:
 
     def _flush(self) -> None:
         """Write the queue, if any, in a transaction of its own; an empty queue takes no
-        write lock (reads flush first and must not queue behind other runs' writes).
-        Caller holds `_lock`."""
-        with self._queue_lock:
-            if not self._queued:
-                return
-        with self._transaction():
-            self._write_queued()
-
-    def _write_queued(self) -> None:
-        """Caller holds `_lock` and is inside a transaction."""
+        write lock. Caller holds `_lock`."""
         with self._queue_lock:
             queued, self._queued = self._queued, []
         if queued:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO fingerprints (scope, stream, email, fp, seen_run) "
-                "VALUES (?, ?, ?, ?, ?)",
-                queued,
-            )
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO contact_fingerprints (part, email, fp) "
+                    "VALUES (?, ?, ?)",
+                    queued,
+                )
 
-    def mark_seen(self, stream: str, emails: Iterable[str], run_id: str) -> None:
+    def forget_tagged(self, tag: str, emails: Sequence[str]) -> None:
+        """These members lost `tag` in Omnisend: forget them in every partition of this
+        account whose members carry it, so any pipeline that still exports them tags
+        them again rather than trusting an 'unchanged' fingerprint."""
+        with self._lock:
+            self._flush()
+            parts = [
+                part
+                for part, tags in self._db.execute(
+                    "SELECT part, tags FROM partitions WHERE scope = ?", (self.scope,)
+                )
+                if tag in tags.split("\0")
+            ]
+            with self._transaction():
+                for part in parts:
+                    self._db.executemany(
+                        "DELETE FROM contact_fingerprints WHERE part = ? AND email = ?",
+                        ((part, email) for email in emails),
+                    )
+
+    # -- staged mirror removals -------------------------------------------------------
+
+    def absences(self, tag: str, emails: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """For members absent now: (consecutive complete runs absent, last such run)."""
+        sql = (
+            "SELECT email, runs, last_run FROM mirror_absences "
+            "WHERE scope = ? AND tag = ? AND email IN ({marks})"
+        )
+        return {e: (r, run) for e, r, run in self._select(sql, (self.scope, tag), emails)}
+
+    def record_absences(self, tag: str, counts: dict[str, int], run_id: str) -> None:
+        """Replace the tag's staged absences with `counts` (members present again, or no
+        longer tagged, drop out)."""
         with self._lock, self._transaction():
-            self._write_queued()
-            self._db.executemany(
-                "UPDATE fingerprints SET seen_run = ? WHERE scope = ? AND stream = ? AND email = ?",
-                ((run_id, self.scope, stream, email) for email in emails),
+            self._db.execute(
+                "DELETE FROM mirror_absences WHERE scope = ? AND tag = ?", (self.scope, tag)
             )
-
-    def seen_in_run(self, stream: str, emails: Sequence[str], run_id: str) -> set[str]:
-        rows = self._rows_for("email", stream, emails, "AND seen_run = ?", run_id)
-        return {email for (email,) in rows}
-
-    def forget(self, stream: str, emails: Iterable[str]) -> None:
-        with self._lock, self._transaction():
-            self._write_queued()
             self._db.executemany(
-                "DELETE FROM fingerprints WHERE scope = ? AND stream = ? AND email = ?",
-                ((self.scope, stream, email) for email in emails),
+                "INSERT INTO mirror_absences VALUES (?, ?, ?, ?, ?)",
+                ((self.scope, tag, email, runs, run_id) for email, runs in counts.items()),
             )
 
     def commit(self) -> None:
-        """Durable before STATE: called at the delivery barrier. (Everything written
-        earlier is committed already: a fingerprint is only ever written for a contact
-        Omnisend confirmed, so committing it early can only save a re-send.)"""
+        """Durable before STATE: called at every checkpoint."""
         with self._lock:
             self._flush()
 
@@ -179,3 +257,39 @@ class FingerprintStore:
         with self._lock:
             self._flush()
             self._db.close()
+
+
+class ReadOnlyStore(FingerprintStore):
+    """The store as a dry run sees it: the same reads, no writes (a missing file reads
+    as empty). A dry run must leave the store exactly as the next real run needs it."""
+
+    read_only = True
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            db.executescript(_SCHEMA)
+            return db
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        return sqlite3.connect(
+            uri, uri=True, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT
+        )
+
+    def part(self, stream: str, tags: Sequence[str] = ()) -> str:
+        del tags
+        return partition_key(self.scope, stream, self.config_hash)
+
+    def confirm(self, part: str, rows: Iterable[tuple[str, bytes]]) -> None:
+        del part, rows
+
+    def forget_tagged(self, tag: str, emails: Sequence[str]) -> None:
+        del tag, emails
+
+    def record_absences(self, tag: str, counts: dict[str, int], run_id: str) -> None:
+        del tag, counts, run_id
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,4 +1,5 @@
-"""TargetOmnisend: configuration, wiring, and the promises around STATE and exit codes."""
+"""TargetOmnisend: name, configuration schema, sink class, and the hand-over to the run
+pipeline (which owns delivery, checkpoints, cancel and the end of the run)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import json
 import os
 import sys
-import time
+from types import FrameType
 from typing import Any
 
 from singer_sdk import typing as th
@@ -17,15 +18,9 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
 from target_omnisend.api import DEFAULT_API_URL, GENERATIONS, LATEST_VERSION
-from target_omnisend.client import OmnisendClient
-from target_omnisend.delivery import DeliveryEngine, Item
-from target_omnisend.dryrun import DryRunWriter
 from target_omnisend.mapping import EMAIL_STATUSES
-from target_omnisend.mirror import mirror_stream
-from target_omnisend.outcomes import Outcomes
+from target_omnisend.pipeline import RunPipeline
 from target_omnisend.privacy import redact
-from target_omnisend.progress import ProgressReporter
-from target_omnisend.ratelimit import RateLimits
 from target_omnisend.reader import SingerInput
 from target_omnisend.settings import (
     DEFAULT_SEGMENT_TAG,
@@ -34,7 +29,6 @@ from target_omnisend.settings import (
     load_settings,
 )
 from target_omnisend.sinks import ContactsSink
-from target_omnisend.store import FingerprintStore, account_scope
 
 _ATTRIBUTE_DOCS = {
     "first_name": "First name",
@@ -253,6 +247,16 @@ CONFIG_SCHEMA = th.PropertiesList(
         "would lose the tag (protects against a broken or empty source).",
     ),
     th.Property(
+        "mirror_confirm_runs",
+        th.IntegerType,
+        default=2,
+        title="Mirror confirm runs",
+        description="A member absent from a complete read loses the segment tag only when "
+        "it is absent from this many complete runs in a row (1 = at once). The target "
+        "cannot tell a tap that died after 60% of the segment from a complete read; this "
+        "stages removals so such a run removes nothing by itself.",
+    ),
+    th.Property(
         "fingerprint_store_path",
         th.StringType,
         default=DEFAULT_STORE,
@@ -318,65 +322,19 @@ class TargetOmnisend(Target):
     message_reader_class = SingerInput
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        #: Every sink ever created, including those retired by a schema change: each
-        #: may still carry contacts that must go out before STATE.
-        self.all_sinks: list[ContactsSink] = []
         super().__init__(*args, **kwargs)
-        self.started_at = time.monotonic()
-        self.settings = load_settings(self.config)
-        if self.settings.segment_tag and not self.settings.generation.has_tags_endpoint:
+        settings = load_settings(self.config)
+        if settings.segment_tag and not settings.generation.has_tags_endpoint:
             self.logger.warning(
                 "segment_tag is not applied: Omnisend API %s has no tags endpoint, so contacts "
                 "are delivered untagged. Use api_version %s for segment tags, or set "
                 "segment_tag to an empty string to silence this warning.",
-                self.settings.generation.name,
+                settings.generation.name,
                 LATEST_VERSION,
             )
-        self.outcomes = Outcomes(self.settings.rejected_records_path, self.logger)
-        self.client = OmnisendClient(
-            base_url=self.settings.api_url,
-            api_key=self.settings.api_key,
-            generation=self.settings.generation,
-            limits=RateLimits(
-                self.settings.requests_per_minute, self.settings.tags_requests_per_minute
-            ),
-            timeout=self.settings.request_timeout,
-            max_retries=self.settings.max_retries,
-            pool_size=self.settings.max_concurrency + 2,
-            logger=self.logger,
-        )
-        self.client.check_connection()
-        self.store = (
-            FingerprintStore(
-                self.settings.fingerprint_store_path,
-                account_scope(self.settings.api_url, self.settings.api_key),
-                self.settings.mapping_hash(),
-            )
-            if self.settings.fingerprint_store_path
-            else None
-        )
-        if self.store is not None and self.store.invalidated:
-            self.logger.info("Mapping configuration changed: every contact is sent again")
-        self.dry_run = (
-            DryRunWriter(self.settings.dry_run_path, self.settings.generation)
-            if self.settings.dry_run
-            else None
-        )
-        self.complete_streams: set[str] = set()
-        self.engine = DeliveryEngine(
-            self.client,
-            self,
-            max_concurrency=self.settings.max_concurrency,
-            max_pending_batches=self.settings.max_pending_batches,
-            poll_interval=self.settings.batch_poll_interval,
-            batch_timeout=self.settings.batch_timeout,
-            logger=self.logger,
-        )
+        self.pipeline = RunPipeline.start(settings, self.logger)
         # The SDK drains (and so checkpoints) every _MAX_RECORD_AGE_IN_MINUTES.
-        self._MAX_RECORD_AGE_IN_MINUTES = self.settings.state_interval / 60
-        self.progress = ProgressReporter(
-            self.outcomes, self.logger, self.settings.progress_interval
-        )
+        self._MAX_RECORD_AGE_IN_MINUTES = settings.state_interval / 60
 
     @classproperty
     def _env_var_config(cls) -> dict[str, Any]:
@@ -394,110 +352,29 @@ class TargetOmnisend(Target):
                     config[key] = float(value)
         return config
 
-    # -- outcomes reported by the delivery engine --------------------------------------
-
-    def delivered_items(self, items: list[Item]) -> None:
-        by_stream: dict[str, list[Item]] = {}
-        for item in items:
-            by_stream.setdefault(item.stream, []).append(item)
-        for stream, delivered in by_stream.items():
-            self.outcomes.delivered(stream, len(delivered))
-            if self.store is not None:
-                self.store.confirm(
-                    stream,
-                    [(i.email, i.fingerprint) for i in delivered if i.fingerprint is not None],
-                    self.outcomes.run_id,
-                )
-
-    def rejected_item(self, item: Item, code: str, reason: str) -> None:
-        self.outcomes.rejected(item.stream, item.record, code, reason, email=item.email)
-
-    # -- STATE only after delivery ----------------------------------------------------
-
-    def _barrier(self) -> None:
-        """Every record handed to a sink so far has a final, durable outcome."""
-        for sink in self.all_sinks:
-            sink.flush()
-        self.engine.wait_idle()
-        self.outcomes.sync()
-        if self.store is not None and self.dry_run is None:
-            self.store.commit()
+    # -- the run pipeline decides; the SDK's hooks only hand over -----------------------
 
     def _write_state_message(self, state: dict) -> None:
-        """The SDK writes STATE after handing every sink's records to process_batch();
-        delivery is asynchronous, so first wait until each of them is confirmed."""
-        self._barrier()
-        super()._write_state_message(state)
+        """STATE only once every record before it has a final outcome, and never in a dry
+        run or after a cancel."""
+        if self.pipeline.checkpoint():
+            super()._write_state_message(state)
 
     def _process_activate_version_message(self, message_dict: dict) -> None:
-        """ACTIVATE_VERSION marks a full-table read: the stream may be mirrored. Contacts
-        have no table versions to switch, so that is all it means here."""
+        """ACTIVATE_VERSION marks a full-table read (of every stream the tap's stream is
+        mapped to): only such streams may be mirrored. Contacts have no table versions."""
         self._assert_line_requires(message_dict, requires={"stream"})
-        self.complete_streams.add(message_dict["stream"])
+        for stream_map in self.mapper.stream_maps.get(message_dict["stream"], []):
+            self.pipeline.read_in_full(stream_map.stream_alias)
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
-        self._barrier()
-        if self.settings.sync_mode == "mirror":
-            for stream in list(self.outcomes.streams):
-                mirror_stream(self, stream)
-        self.engine.close()
-        self.client.close()
-        self.outcomes.close()
-        if self.store is not None:
-            self.store.close()
-        if self.dry_run is not None:
-            self.dry_run.close()
-            self.logger.info(
-                "Dry run: %d contact(s) in %d request(s) written to %s; nothing was sent",
-                self.dry_run.contacts,
-                self.dry_run.requests,
-                self.dry_run.path,
-            )
-        self._log_summary()
+        self.pipeline.finish()
 
-    def _log_summary(self) -> None:
-        self.progress.stop()
-        elapsed = time.monotonic() - self.started_at
-        for stream, counts in self.outcomes.totals().items():
-            self.logger.info(
-                "Summary for stream '%s': received=%d delivered=%d rejected=%d unchanged=%d "
-                "merged_duplicates=%d rejected_by_reason=%s warnings=%s",
-                stream,
-                counts["received"],
-                counts["delivered"],
-                counts["rejected"],
-                counts["unchanged"],
-                counts["merged_duplicates"],
-                json.dumps(counts["rejected_by_reason"]),
-                json.dumps(counts["warnings"]),
-            )
-        if self.settings.summary_path:
-            summary = {
-                "run_id": self.outcomes.run_id,
-                "dry_run": self.settings.dry_run,
-                "seconds": round(elapsed, 3),
-                "streams": self.outcomes.totals(),
-                "requests": self.client.stats.requests,
-                "retries": self.client.stats.retries,
-                "rate_limited": self.client.stats.rate_limited,
-                "batches": self.engine.stats.batches_sent,
-                "tag_calls": self.engine.stats.tag_calls,
-                "mirror": self.outcomes.mirror,
-            }
-            with open(self.settings.summary_path, "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2)
-        stats = self.client.stats
-        self.logger.info(
-            "Run finished in %.1fs: %d requests (%d retries, %d rate-limited), %d batches, "
-            "%d polls",
-            elapsed,
-            stats.requests,
-            stats.retries,
-            stats.rate_limited,
-            self.engine.stats.batches_sent,
-            self.engine.stats.polls,
-        )
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """Not the SDK's drain-and-STATE: a cancel must not checkpoint records in hand."""
+        del frame
+        self.pipeline.cancel(signum)
 
     # -- one clear line instead of a traceback -----------------------------------------
 

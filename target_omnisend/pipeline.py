@@ -1,0 +1,367 @@
+"""One run, start to end: the only object that knows what a run has promised.
+
+The pipeline owns, for one run, the writer (real delivery or its dry-run substitute),
+the fingerprint store, the outcome ledger, the carry buffers, checkpoints and the end
+of the run. Sinks hand it mapped contacts; the delivery engine reports final outcomes
+to it; the target asks it for a checkpoint before every STATE and hands it the end of
+input and any cancel signal. Its promises:
+
+- `checkpoint()` returns only when every record handed over so far has a final,
+  durable outcome, and says whether STATE may follow (never in a dry run, never after
+  a cancel).
+- Within a run the newest record of an email is the one Omnisend ends with: a record
+  is skipped as unchanged only when no other version of it is waiting or in flight.
+- `cancel()` abandons what is in hand and ends the process without another STATE: the
+  last STATE emitted covers only records that were delivered.
+- Mirror acts per tag, over every stream of the run that writes it, only when all of
+  them were read completely and delivered without failures (see `mirror.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from target_omnisend.client import OmnisendClient
+from target_omnisend.delivery import DeliveryEngine, Item
+from target_omnisend.dryrun import DryRunWriter
+from target_omnisend.mapping import Rejection, get_path, normalize_email
+from target_omnisend.mirror import mirror_tag
+from target_omnisend.outcomes import Outcomes
+from target_omnisend.progress import ProgressReporter
+from target_omnisend.ratelimit import RateLimits
+from target_omnisend.seen import SeenEmails
+from target_omnisend.settings import Settings
+from target_omnisend.store import FingerprintStore, ReadOnlyStore, account_scope, fingerprint
+from target_omnisend.writer import OmnisendWriter, Writer
+
+
+@dataclass
+class _Stream:
+    """What the pipeline keeps per stream (segment) during a run."""
+
+    tags: tuple[str, ...]
+    segment_tag: str | None
+    part: str | None
+    #: Changed contacts waiting for a full batch (latest version per email).
+    carry: dict[str, Item]
+    complete: bool = False
+
+
+class RunPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        logger: logging.Logger,
+        client: OmnisendClient,
+        store: FingerprintStore | None,
+    ) -> None:
+        self.settings = settings
+        self.logger = logger
+        self.client = client
+        self.store = store
+        self.outcomes = Outcomes(settings.rejected_records_path, logger)
+        self.progress = ProgressReporter(self.outcomes, logger, settings.progress_interval)
+        self.started_at = time.monotonic()
+        self.cancelled = False
+        self.writer: Writer
+        self.engine: DeliveryEngine | None = None
+        self._streams: dict[str, _Stream] = {}
+        #: Mirror only: who was in this run, per segment tag.
+        self._seen: dict[str, SeenEmails] = {}
+        self._mirror_results: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def start(cls, settings: Settings, logger: logging.Logger) -> RunPipeline:
+        """Connect, open the store and pick the writer. This is the one place where a
+        dry run differs: a file writer instead of delivery, a read-only store."""
+        client = OmnisendClient(
+            base_url=settings.api_url,
+            api_key=settings.api_key,
+            generation=settings.generation,
+            limits=RateLimits(settings.requests_per_minute, settings.tags_requests_per_minute),
+            timeout=settings.request_timeout,
+            max_retries=settings.max_retries,
+            pool_size=settings.max_concurrency + 2,
+            logger=logger,
+        )
+        client.check_connection()
+        store_class = ReadOnlyStore if settings.dry_run else FingerprintStore
+        store = (
+            store_class(
+                settings.fingerprint_store_path,
+                account_scope(settings.api_url, settings.api_key),
+                settings.mapping_hash(),
+            )
+            if settings.fingerprint_store_path
+            else None
+        )
+        pipeline = cls(settings, logger, client, store)
+        if settings.dry_run:
+            pipeline.writer = DryRunWriter(settings.dry_run_path, client, pipeline)
+        else:
+            pipeline.engine = DeliveryEngine(
+                client,
+                pipeline,
+                max_concurrency=settings.max_concurrency,
+                max_pending_batches=settings.max_pending_batches,
+                poll_interval=settings.batch_poll_interval,
+                batch_timeout=settings.batch_timeout,
+                logger=logger,
+            )
+            pipeline.writer = OmnisendWriter(pipeline.engine, client)
+        return pipeline
+
+    # -- streams ----------------------------------------------------------------------
+
+    def _stream(self, name: str) -> _Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            tags = self.settings.tags_for(name)
+            segment_tag = (
+                self.settings.segment_tag.format(stream_name=name)
+                if self.settings.segment_tag and tags
+                else None
+            )
+            part = None
+            if self.store is not None:
+                if self.store.is_new_mapping(name):
+                    self.logger.info(
+                        "Stream '%s': the mapping configuration changed since the last run, "
+                        "so every contact is sent again",
+                        name,
+                    )
+                part = self.store.part(name, tags)
+            stream = self._streams[name] = _Stream(tags, segment_tag, part, {})
+            if self.settings.sync_mode == "mirror" and segment_tag:
+                self._seen.setdefault(segment_tag, SeenEmails())
+        return stream
+
+    def read_in_full(self, name: str) -> None:
+        """The tap marked this stream as a full read (ACTIVATE_VERSION)."""
+        self._stream(name).complete = True
+
+    # -- what sinks hand over ---------------------------------------------------------
+
+    def received(self, name: str) -> None:
+        self.outcomes.received(name)
+
+    def warned(self, name: str, warning: str) -> None:
+        self.outcomes.warned(name, warning)
+
+    def merged(self, name: str) -> None:
+        self.outcomes.merged(name)
+
+    def reject(self, name: str, record: Any, code: str, reason: str) -> None:
+        """A record that cannot be delivered. If it names a member, that member still
+        counts as present for mirror: a bad record this run is no reason to untag."""
+        self.outcomes.rejected(name, record, code, reason)
+        seen = self._seen_for(name)
+        if seen is not None and isinstance(record, dict):
+            email = normalize_email(get_path(record, self.settings.mapping.email_field))
+            if not isinstance(email, Rejection):
+                seen.add(email)
+
+    def _seen_for(self, name: str) -> SeenEmails | None:
+        segment_tag = self._stream(name).segment_tag
+        return self._seen.get(segment_tag) if segment_tag else None
+
+    def hand_over(self, name: str, items: list[Item]) -> None:
+        """Skip what Omnisend already has, carry the rest until a batch is full."""
+        stream = self._stream(name)
+        seen = self._seen_for(name)
+        store = self.store if stream.part is not None else None
+        known = (
+            store.known(stream.part or "", [item.email for item in items])
+            if store is not None and not self.settings.full_refresh
+            else {}
+        )
+        encode = self.client.encode_contact
+        run_started_at = self.settings.mapping.run_started_at
+        carry = stream.carry
+        unchanged = 0
+        for item in items:
+            if seen is not None:
+                seen.add(item.email)
+            item.payload = encode(item.body)
+            if store is not None:
+                item.fingerprint = fingerprint(item.payload, run_started_at)
+            previous = known.get(item.email)
+            if carry.pop(item.email, None) is not None:
+                self.outcomes.merged(name)  # the later version replaces the waiting one
+            elif (
+                previous is not None
+                and previous == item.fingerprint
+                and not self.writer.in_flight(item.email)
+            ):
+                unchanged += 1
+                continue
+            # Only contacts new to the segment cost a (slow, 60/min) tag call.
+            item.tags = stream.tags if previous is None else ()
+            carry[item.email] = item
+        if unchanged:
+            self.outcomes.unchanged(name, unchanged)
+        self._send(stream, full_only=True)
+
+    def _send(self, stream: _Stream, *, full_only: bool) -> None:
+        size = self.settings.batch_size
+        carry = stream.carry
+        while len(carry) >= size or (carry and not full_only):
+            batch = [carry.pop(email) for email in list(carry)[:size]]
+            self.writer.submit(batch)
+
+    # -- what the engine reports (OutcomeSink) ----------------------------------------
+
+    def delivered_items(self, items: list[Item]) -> None:
+        by_stream: dict[str, list[Item]] = {}
+        for item in items:
+            by_stream.setdefault(item.stream, []).append(item)
+        for name, delivered in by_stream.items():
+            self.outcomes.delivered(name, len(delivered))
+            part = self._streams[name].part if name in self._streams else None
+            if self.store is not None and part is not None:
+                self.store.confirm(
+                    part, [(i.email, i.fingerprint) for i in delivered if i.fingerprint]
+                )
+
+    def rejected_item(self, item: Item, code: str, reason: str) -> None:
+        self.outcomes.rejected(item.stream, item.record, code, reason, email=item.email)
+
+    # -- checkpoints and the end ------------------------------------------------------
+
+    def checkpoint(self) -> bool:
+        """Every record handed over so far has a final, durable outcome. Returns whether
+        a STATE may now be emitted."""
+        if self.cancelled:
+            return False
+        for stream in self._streams.values():
+            self._send(stream, full_only=False)
+        self.writer.wait_idle()
+        self.outcomes.sync()
+        if self.store is not None:
+            self.store.commit()
+        return self.writer.sends
+
+    def finish(self) -> None:
+        """End of input: the last checkpoint, mirror, then the summary."""
+        self.checkpoint()
+        if self.settings.sync_mode == "mirror":
+            self._mirror()
+        self.writer.close()
+        self.outcomes.close()
+        if self.store is not None:
+            self.store.close()
+        self._report()
+
+    def cancel(self, signum: int) -> None:
+        """SIGTERM/SIGINT: abandon what is in hand, emit no STATE, exit non-zero now.
+        Runs in the signal handler, wherever the reading thread was: it takes no lock
+        that thread may hold, and leaves through `os._exit` so that no drain, STATE or
+        exit handler runs after it. Confirmed fingerprints not yet committed are lost,
+        which only costs a re-send."""
+        self.cancelled = True
+        self.writer.cancel()
+        self.logger.error(
+            "Run cancelled by %s: nothing more is sent and no STATE follows; the last "
+            "STATE emitted covers only delivered records",
+            signal.Signals(signum).name,
+        )
+        for handler in logging.getLogger().handlers + self.logger.handlers:
+            handler.flush()
+        sys.stdout.flush()
+        os._exit(128 + signum)
+
+    def _mirror(self) -> None:
+        by_tag: dict[str, list[str]] = {}
+        for name, stream in self._streams.items():
+            if stream.segment_tag:
+                by_tag.setdefault(stream.segment_tag, []).append(name)
+        for tag, names in by_tag.items():
+            reason = self._mirror_refusal(names)
+            if reason:
+                self.logger.warning("Mirror of tag '%s' removed nothing: %s", tag, reason)
+                self._mirror_results[tag] = {"removed": 0, "skipped": reason}
+                continue
+            assert self.store is not None  # _mirror_refusal checked it
+            self._mirror_results[tag] = mirror_tag(
+                tag,
+                present=self._seen[tag],
+                writer=self.writer,
+                store=self.store,
+                run_id=self.outcomes.run_id,
+                max_ratio=self.settings.mirror_max_removal_ratio,
+                confirm_runs=self.settings.mirror_confirm_runs,
+                logger=self.logger,
+            )
+
+    def _mirror_refusal(self, names: list[str]) -> str | None:
+        """Why the streams writing one tag cannot tell who left, if they cannot."""
+        if self.store is None:
+            return "mirror needs the fingerprint store to stage removals"
+        if self.settings.mirror_trigger == "activate_version":
+            partial = [n for n in names if not self._streams[n].complete]
+            if partial:
+                return (
+                    f"stream(s) {', '.join(partial)} were not marked as a full read "
+                    "(no ACTIVATE_VERSION); an incremental read cannot tell who left (set "
+                    "mirror_trigger: end_of_input if the tap always sends the whole segment)"
+                )
+        totals = self.outcomes.totals()
+        failed = sum(totals[n]["rejected_by_reason"].get("delivery_failed", 0) for n in names)
+        if failed:
+            return f"{failed} contact(s) could not be delivered in this run"
+        return None
+
+    def _report(self) -> None:
+        self.progress.stop()
+        elapsed = time.monotonic() - self.started_at
+        totals = self.outcomes.totals()
+        for name, counts in totals.items():
+            self.logger.info(
+                "Summary for stream '%s': received=%d delivered=%d rejected=%d unchanged=%d "
+                "merged_duplicates=%d rejected_by_reason=%s warnings=%s",
+                name,
+                counts["received"],
+                counts["delivered"],
+                counts["rejected"],
+                counts["unchanged"],
+                counts["merged_duplicates"],
+                json.dumps(counts["rejected_by_reason"]),
+                json.dumps(counts["warnings"]),
+            )
+        stats = self.client.stats
+        engine = self.engine.stats if self.engine is not None else None
+        if self.settings.summary_path:
+            summary = {
+                "run_id": self.outcomes.run_id,
+                "dry_run": not self.writer.sends,
+                "seconds": round(elapsed, 3),
+                "streams": totals,
+                "requests": stats.requests,
+                "retries": stats.retries,
+                "rate_limited": stats.rate_limited,
+                "batches": engine.batches_sent if engine else 0,
+                "tag_calls": engine.tag_calls if engine else 0,
+                "mirror": self._mirror_results,
+            }
+            with open(self.settings.summary_path, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
+        closing = self.writer.closing_line()
+        if closing:
+            self.logger.info("%s", closing)
+        self.logger.info(
+            "Run finished in %.1fs: %d requests (%d retries, %d rate-limited), %d batches, "
+            "%d polls",
+            elapsed,
+            stats.requests,
+            stats.retries,
+            stats.rate_limited,
+            engine.batches_sent if engine else 0,
+            engine.polls if engine else 0,
+        )
