@@ -348,6 +348,8 @@ class RunPipeline:
                 "rate_limited": stats.rate_limited,
                 "batches": engine.batches_sent if engine else 0,
                 "tag_calls": engine.tag_calls if engine else 0,
+                "polls": engine.polls if engine else 0,
+                "item_fetches": engine.items_fetches if engine else 0,
                 "mirror": self._mirror_results,
             }
             with open(self.settings.summary_path, "w", encoding="utf-8") as fh:

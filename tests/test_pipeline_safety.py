@@ -301,3 +301,18 @@ def test_store_digest_is_stable_across_a_dry_run(
     assert run_target(dry, scenario("full_read_20.singer"), workdir=tmp_path).returncode == 0
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     assert os.stat(path).st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(("ratio", "removed"), [(0.2, 0), (0.25, 5)])
+def test_the_configured_removal_ratio_is_applied(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path, ratio: float, removed: int
+) -> None:
+    store_config.update(sync_mode="mirror", mirror_confirm_runs=1)
+    assert (
+        run_target(store_config, scenario("full_read_20.singer"), workdir=tmp_path).returncode == 0
+    )
+    store_config["mirror_max_removal_ratio"] = ratio  # 5 of 20 absent = 25 %
+    run = run_target(store_config, scenario("full_read_15_of_20.singer"), workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(tagged(server)) == 20 - removed
+    assert summary(store_config)["mirror"][TAG]["removed"] == removed
