@@ -59,7 +59,8 @@ Segments (2026-03-15 only; v5 answers 404):
   tags as they were this many seconds ago (Omnisend's lag behind tag changes).
 - `api_key_scopes` → `--api-key-scopes KEY=scope,scope` (none): keys that have only
   these scopes (added as accounts of their own); segment calls without `segments.read`
-  / `segments.write` get a 403 problem naming the scope. Other keys have every scope.
+  / `segments.write` get a 403 problem naming the scope (only segment calls check
+  scopes). Keys not listed have every scope.
 - `slow_segment_posts` → `--slow-segment-posts` (0): the first N POST /segments are
   applied, then answered only after `slow_segment_post_seconds` (11: past Omnisend's
   suggested 10 s client timeout) — the client times out, the segment exists anyway.
