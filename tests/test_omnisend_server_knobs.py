@@ -7,6 +7,7 @@ add up. Each knob is checked over real HTTP, and through the CLI flag that sets 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ import pytest
 import requests
 
 from tests.omnisend_server import FaultRule, OmnisendServer
+from tests.omnisend_server.__main__ import knobs
+from tests.omnisend_server.presets import PRESETS
 from tests.test_omnisend_server import KEY, REPO, Api, body, eventually, wait_batch
 
 CONTACTS = {"endpoint": "contacts"}
@@ -387,3 +390,44 @@ def test_cli_flags_set_the_knobs() -> None:
         assert items.status_code == 200 and "request" not in items.json()["items"][0]
         refused = api.get("/batches", params=CONTACTS)
         assert refused.status_code == 429 and refused.headers["Retry-After"]
+
+
+# -- presets and path patterns -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_serves_a_batch_end_to_end(name: str) -> None:
+    chosen = {**PRESETS[name], "foreign_batches": min(PRESETS[name].get("foreign_batches", 0), 20)}
+    with OmnisendServer(api_keys=(KEY,), **chosen) as srv:
+        api = Api(srv.url)
+        batch_id = post_batch(api, ["preset@example.com"])
+        done = wait_batch(api, batch_id)
+        assert done["status"] == "finished"
+        listed = listed_ids(api)
+        assert batch_id in listed
+        assert len(listed) - 1 >= chosen["foreign_batches"]  # a trickle may have added more
+
+
+def test_cli_preset_with_a_flag_that_overrides_it() -> None:
+    assert knobs(["--preset", "hostile"])["batch_list_order"] == "unordered"
+    overridden = knobs(["--preset", "hostile", "--batch-list-order", "oldest_first", "--rpm", "5"])
+    assert overridden["batch_list_order"] == "oldest_first"
+    assert overridden["requests_per_minute"] == 5 and overridden["echo_item_request"] is False
+    assert knobs([])["batch_list_order"] == "newest_first"
+    with cli_server("--preset", "busy_account_c", "--foreign-batches", "12") as url:
+        api = Api(url)
+        created = [b["createdAt"] for b in api.get("/batches", params=CONTACTS).json()["batches"]]
+        assert len(created) == 12 and created == sorted(created)
+
+
+def test_a_fault_can_target_one_sub_resource_by_path_pattern() -> None:
+    with OmnisendServer(api_keys=(KEY,)) as srv:
+        api = Api(srv.url)
+        batch_id = post_batch(api, ["pp@example.com"])
+        srv.add_fault(
+            FaultRule(method="GET", path="/batches/", path_pattern=r"/items$", status=503)
+        )
+        assert wait_batch(api, batch_id)["status"] == "finished"  # GET /batches/{id}: untouched
+        assert api.get(f"/batches/{batch_id}/items").status_code == 503
+        with pytest.raises(re.error):
+            FaultRule(path_pattern="(")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.omnisend_server import OmnisendServer
+from tests.omnisend_server import FaultRule, OmnisendServer
 from tests.test_omnisend_server import KEY, Api, body, eventually
 from tests.test_omnisend_server_knobs import cli_server
 
@@ -362,3 +362,31 @@ def test_cli_flags_for_segments() -> None:
         assert api.delete(f"/segments/{listed[0]['segmentID']}").status_code == 409
         assert api.post("/segments", json=segment("Again", "t")).status_code == 429
         assert Api(url, key="ro").post("/segments", json=segment("S", "t")).status_code == 403
+
+
+def test_other_integrations_spend_part_of_the_segment_write_budget() -> None:
+    with OmnisendServer(
+        api_keys=(KEY,),
+        segment_writes_per_minute=4,
+        foreign_segment_writes_per_minute=2,
+        window_seconds=1.0,
+    ) as srv:
+        time.sleep(1.05)  # a whole window of the other integration's writes
+        api = Api(srv.url)
+        statuses = [api.post("/segments", json=segment(f"s{i}", "t")).status_code for i in range(4)]
+        assert statuses.count(201) == 2 and statuses[-1] == 429
+        assert len(srv.segments()) == 2
+
+
+def test_statistics_can_be_made_slow_to_answer() -> None:
+    with OmnisendServer(api_keys=(KEY,)) as srv:
+        api = Api(srv.url)
+        seg = api.post("/segments", json=segment("S", "t")).json()
+        srv.add_fault(
+            FaultRule(
+                method="GET", path_pattern=r"^/segments/\w+/statistics$", kind="delay", seconds=0.6
+            )
+        )
+        assert api.get(f"/segments/{seg['segmentID']}", timeout=0.4).status_code == 200
+        with pytest.raises(requests.Timeout):
+            api.get(f"/segments/{seg['segmentID']}/statistics", timeout=0.3)

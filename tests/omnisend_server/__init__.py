@@ -53,6 +53,8 @@ Batches:
 Segments (2026-03-15 only; v5 answers 404):
 - `segment_writes_per_minute` → `--segment-writes-rpm` (15; POST/PUT) and
   `segment_reads_per_minute` → `--segment-reads-rpm` (100; GET/DELETE).
+- `foreign_segment_writes_per_minute` → `--foreign-segment-writes-rpm` (0): segment
+  writes per window other integrations spend from the same 15/min budget.
 - `segment_build_seconds` → `--segment-build-seconds` (0.2): a segment is `building`
   that long after each write; PUT/DELETE meanwhile answer 409.
 - `segment_stats_lag` → `--segment-stats-lag` (0): statistics count members by their
@@ -64,6 +66,10 @@ Segments (2026-03-15 only; v5 answers 404):
 - `slow_segment_posts` → `--slow-segment-posts` (0): the first N POST /segments are
   applied, then answered only after `slow_segment_post_seconds` (11: past Omnisend's
   suggested 10 s client timeout) — the client times out, the segment exists anyway.
+
+Presets: `presets.PRESETS` names combinations of the knobs above ("oldest_first_busy",
+"hostile", "busy_account_c", …) for suites that run across them; `--preset NAME` on the
+command line, `OmnisendServer(**PRESETS[name])` in Python.
 
 Helpers for tests: `contacts()`, `contact(email)`, `batches()`, `segments()`,
 `add_segment(name, tags)` (a hand-made segment, outside the API budget),

@@ -162,6 +162,7 @@ class OmnisendServer:
         inconsistent_batches: float = 0.0,
         segment_writes_per_minute: int | None = 15,
         segment_reads_per_minute: int | None = 100,
+        foreign_segment_writes_per_minute: float = 0.0,
         segment_build_seconds: float = 0.2,
         segment_stats_lag: float = 0.0,
         api_key_scopes: Mapping[str, Iterable[str]] | None = None,
@@ -194,7 +195,10 @@ class OmnisendServer:
             },
             window_seconds,
             kind=rate_limit_window,
-            foreign={"default": foreign_requests_per_minute},
+            foreign={
+                "default": foreign_requests_per_minute,
+                "segments_write": foreign_segment_writes_per_minute,
+            },
         )
         self._scheduler = Scheduler()
         self._service = Service(
