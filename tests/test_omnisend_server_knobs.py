@@ -6,13 +6,8 @@ add up. Each knob is checked over real HTTP, and through the CLI flag that sets 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -22,7 +17,7 @@ import requests
 from tests.omnisend_server import FaultRule, OmnisendServer
 from tests.omnisend_server.__main__ import knobs
 from tests.omnisend_server.presets import PRESETS
-from tests.test_omnisend_server import KEY, REPO, Api, body, eventually, wait_batch
+from tests.test_omnisend_server import KEY, Api, body, cli_server, eventually, wait_batch
 
 CONTACTS = {"endpoint": "contacts"}
 
@@ -48,26 +43,6 @@ def listed_ids(api: Api, **params: Any) -> list[str]:
 
 def today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
-
-
-@contextmanager
-def cli_server(*flags: str) -> Iterator[str]:
-    """`python -m tests.omnisend_server` with `flags`; yields its URL, stops it after."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.omnisend_server", "--api-key", KEY, *flags],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline().strip()  # type: ignore[union-attr]
-        assert line.startswith("OMNISEND_SERVER_URL="), proc.stderr.read()  # type: ignore[union-attr]
-        yield line.split("=", 1)[1]
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=5) == 0
 
 
 # -- GET /batches: order --------------------------------------------------------------------

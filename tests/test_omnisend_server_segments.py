@@ -15,8 +15,7 @@ import pytest
 import requests
 
 from tests.omnisend_server import FaultRule, OmnisendServer
-from tests.test_omnisend_server import KEY, Api, body, eventually
-from tests.test_omnisend_server_knobs import cli_server
+from tests.test_omnisend_server import KEY, Api, body, cli_server, eventually
 
 
 def rule(*tags: str, operator: str = "anyOf") -> list[dict[str, Any]]:
@@ -206,27 +205,14 @@ def test_list_pages_by_cursor_with_sort_and_direction(api: Api, srv: OmnisendSer
     assert walk(direction="asc", limit=7) == created
     assert walk(sort="name", direction="asc", limit=50) == sorted(names)
     assert walk(sort="name", limit=4) == sorted(names, reverse=True)
-    first = api.get("/segments", params={"sort": "name", "direction": "asc", "limit": 5}).json()
+    by_name = {"sort": "name", "direction": "asc", "limit": 5}
+    first = api.get("/segments", params=by_name).json()
     assert first["paging"]["cursors"]["before"] is None
-    second = api.get(
-        "/segments",
-        params={
-            "sort": "name",
-            "direction": "asc",
-            "limit": 5,
-            "after": first["paging"]["cursors"]["after"],
-        },
-    ).json()
+    after = {**by_name, "after": first["paging"]["cursors"]["after"]}
+    second = api.get("/segments", params=after).json()
     assert [s["name"] for s in second["segments"]] == sorted(names)[5:10]
-    back = api.get(
-        "/segments",
-        params={
-            "sort": "name",
-            "direction": "asc",
-            "limit": 5,
-            "before": second["paging"]["cursors"]["before"],
-        },
-    ).json()
+    before = {**by_name, "before": second["paging"]["cursors"]["before"]}
+    back = api.get("/segments", params=before).json()
     assert [s["name"] for s in back["segments"]] == sorted(names)[:5]
     assert not back["paging"]["hasMore"]
     for bad in (
