@@ -331,14 +331,14 @@ def test_inconsistent_batches_say_finished_without_processing_every_item() -> No
         statuses = [i["status"] for i in api.get(f"/batches/{batch_id}/items").json()["items"]]
         assert statuses == ["finished", "finished", "pending"]
         assert srv.contact("s3@example.com") is None
-        srv.reset()  # a knob, not a test's fault script: it survives reset()
+        srv.reset()  # a knob, not a test's fault script: reset() leaves it
         done = wait_batch(api, post_batch(api, ["t1@example.com", "t2@example.com"]))
         assert done["finishedCount"] == 1
-    with OmnisendServer(api_keys=(KEY,), inconsistent_batches=0.5, seed=1) as some:
+    with OmnisendServer(api_keys=(KEY,), inconsistent_batches=0.2) as some:
         api = Api(some.url)
-        finals = [wait_batch(api, post_batch(api, [f"p{i}@example.com"])) for i in range(20)]
-        short = sum(b["finishedCount"] < b["totalCount"] for b in finals)
-        assert 3 <= short <= 17
+        finals = [wait_batch(api, post_batch(api, [f"p{i}@example.com"])) for i in range(10)]
+        short = [b["finishedCount"] < b["totalCount"] for b in finals]
+        assert short == [False, False, False, False, True] * 2  # evenly spread: every 5th
 
 
 # -- the CLI -----------------------------------------------------------------------------------

@@ -45,10 +45,10 @@ Batches:
   "reversed", or "shuffled" (stable per batch). `echo_item_request` →
   `--no-echo-item-request` (on): without it items carry no `request` field, so results
   can only be matched by identity (a success's `response` holds the contact).
-- `inconsistent_batches` → `--inconsistent-batches` (0.0): the share of batches (seeded)
-  that silently skip their last item yet report `finished`, `errorsCount: 0`, with
-  `finishedCount < totalCount` (the skipped item stays `pending`, the contact unwritten).
-  The same as `FaultRule(kind="batch_short")`.
+- `inconsistent_batches` → `--inconsistent-batches` (0.0): the share of batches, evenly
+  spread (0.2: every 5th), that silently skip their last item yet report `finished`,
+  `errorsCount: 0`, with `finishedCount < totalCount` (the skipped item stays `pending`,
+  its contact unwritten). One batch at a time: `FaultRule(kind="batch_short")`.
 
 Segments (2026-03-15 only; v5 answers 404):
 - `segment_writes_per_minute` → `--segment-writes-rpm` (15; POST/PUT) and

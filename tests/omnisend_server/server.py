@@ -183,9 +183,7 @@ class OmnisendServer:
         self._latency_lock = threading.Lock()
         self._store = Store(keys, seed, tag_history_seconds=segment_stats_lag)
         self._faults = FaultBook(seed)
-        self._standing = self._standing_faults(
-            inconsistent_batches, slow_segment_posts, slow_segment_post_seconds
-        )
+        self._standing = self._standing_faults(slow_segment_posts, slow_segment_post_seconds)
         self._limiter = RateLimiter(
             {
                 "default": requests_per_minute,
@@ -209,6 +207,7 @@ class OmnisendServer:
             batch_list_order=batch_list_order,
             items_order=items_order,
             echo_item_request=echo_item_request,
+            inconsistent_batches=inconsistent_batches,
         )
         self._segments = SegmentService(
             self._store, segment_build_seconds, segment_stats_lag, scopes
@@ -235,30 +234,21 @@ class OmnisendServer:
         self._conn_lock = threading.Lock()
 
     @staticmethod
-    def _standing_faults(
-        inconsistent: float, slow_posts: int, slow_seconds: float
-    ) -> list[FaultRule]:
+    def _standing_faults(slow_posts: int, slow_seconds: float) -> list[FaultRule]:
         """Knobs that are faults underneath; they survive `reset()` (they are the server's
         character, not a test's script)."""
-        rules = []
-        if inconsistent > 0:
-            rules.append(
-                FaultRule(
-                    method="POST", path="/batches", kind="batch_short", probability=inconsistent
-                )
+        if slow_posts <= 0:
+            return []
+        return [
+            FaultRule(
+                method="POST",
+                path="/segments",
+                kind="delay",
+                seconds=slow_seconds,
+                apply=True,
+                times=slow_posts,
             )
-        if slow_posts > 0:
-            rules.append(
-                FaultRule(
-                    method="POST",
-                    path="/segments",
-                    kind="delay",
-                    seconds=slow_seconds,
-                    apply=True,
-                    times=slow_posts,
-                )
-            )
-        return rules
+        ]
 
     def _arm(self) -> None:
         for rule in self._standing:
