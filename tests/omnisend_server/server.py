@@ -227,7 +227,8 @@ class OmnisendServer:
             self._service.routes() + self._segments.routes(),
             Headers(rate_limit_headers, rate_limit_reset, retry_after_header),
         )
-        self._arm()
+        self.clear_faults()
+        self._foreign.seed()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -249,11 +250,6 @@ class OmnisendServer:
                 times=slow_posts,
             )
         ]
-
-    def _arm(self) -> None:
-        for rule in self._standing:
-            self._faults.add(rule)
-        self._foreign.seed()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -400,7 +396,10 @@ class OmnisendServer:
         return self._faults.add(rule)
 
     def clear_faults(self) -> None:
+        """Disarm every rule a test added; what the knobs set up stays."""
         self._faults.clear()
+        for rule in self._standing:
+            self._faults.add(rule)
 
     def fault_hits(self) -> list[tuple[FaultRule, int]]:
         """(rule, times fired) for each active rule, in order."""
@@ -411,11 +410,11 @@ class OmnisendServer:
         what the knobs set up (foreign batches, standing faults) is set up again."""
         self._scheduler.clear()
         self._store.reset()
-        self._faults.clear()
         self._limiter.reset()
         with self._api.log_lock:
             self._api.log.clear()
-        self._arm()
+        self.clear_faults()
+        self._foreign.seed()
         if self._httpd is not None:
             self._foreign.start_trickle()
 
