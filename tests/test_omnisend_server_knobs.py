@@ -174,6 +174,18 @@ def test_foreign_batches_made_today_push_ours_off_the_first_page() -> None:
         assert srv.contact("mine@example.com") is not None
 
 
+def test_foreign_batches_spread_over_several_days_answer_the_day_filters() -> None:
+    with OmnisendServer(api_keys=(KEY,), foreign_batches=30, foreign_batch_days=3) as srv:
+        api = Api(srv.url)
+        days = [(date.fromisoformat(today()) - timedelta(days=n)).isoformat() for n in (2, 1, 0)]
+        created = [b["createdAt"][:10] for b in srv.batches()]
+        assert set(created) <= set(days) and days[0] in created and days[1] in created
+        per_day = [len(listed_ids(api, dateFrom=d, dateTo=d)) for d in days]
+        assert per_day == [created.count(d) for d in days] and sum(per_day) == 30
+        assert len(listed_ids(api, dateFrom=days[1])) == per_day[1] + per_day[2]
+        assert len(listed_ids(api, dateTo=days[0])) == per_day[0]
+
+
 def test_foreign_batches_keep_arriving_during_a_run_and_survive_reset() -> None:
     with OmnisendServer(
         api_keys=(KEY,), foreign_batches=2, foreign_batches_per_minute=600, batch_delay=0.05

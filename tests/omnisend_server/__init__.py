@@ -40,7 +40,9 @@ Batches:
 - `foreign_batches` → `--foreign-batches` (0): finished contact batches another
   integration made earlier today (UTC), present before the run; every 7th has one
   failed item. `foreign_batches_per_minute` (0) adds more while the server runs;
-  `foreign_batch_items` (5) items each. Their contacts are not stored.
+  `foreign_batch_items` (5) items each; `foreign_batch_days` (1) spreads them over that
+  many UTC days ending today instead (Omnisend keeps batches 7 days). Their contacts are
+  not stored.
 - `items_order` → `--items-order` ("same"): /batches/{id}/items in request order,
   "reversed", or "shuffled" (stable per batch). `echo_item_request` →
   `--no-echo-item-request` (on): without it items carry no `request` field, so results

@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     batches("--foreign-batches", type=int, default=0, help="made earlier today")
     batches("--foreign-batches-per-minute", type=float, default=0.0)
     batches("--foreign-batch-items", type=int, default=5)
+    batches("--foreign-batch-days", type=int, default=1, help="spread over N UTC days to today")
     batches("--items-order", choices=("same", "reversed", "shuffled"), default="same")
     batches(
         "--no-echo-item-request",

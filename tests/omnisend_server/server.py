@@ -157,6 +157,7 @@ class OmnisendServer:
         foreign_batches: int = 0,
         foreign_batches_per_minute: float = 0.0,
         foreign_batch_items: int = 5,
+        foreign_batch_days: int = 1,
         items_order: str = "same",
         echo_item_request: bool = True,
         inconsistent_batches: float = 0.0,
@@ -219,6 +220,7 @@ class OmnisendServer:
             per_minute=foreign_batches_per_minute,
             items=foreign_batch_items,
             batch_delay=batch_delay,
+            days=foreign_batch_days,
         )
         self._api = Api(
             self._store,
