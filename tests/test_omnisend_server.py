@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,32 @@ def eventually(check: Any, timeout: float = 3.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.02)
+
+
+@contextmanager
+def cli_server(*flags: str) -> Iterator[str]:
+    """`python -m tests.omnisend_server` with `flags`: yields the URL from its one line of
+    output, then stops it with SIGTERM, which must end it cleanly with nothing more said."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.omnisend_server", "--port", "0", "--api-key", KEY, *flags],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("OMNISEND_SERVER_URL=http://127.0.0.1:"), proc.stderr.read()
+        yield line.split("=", 1)[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert proc.stdout.read() == ""  # exactly one line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
@@ -814,28 +841,10 @@ def test_request_log_count_and_reset(api: Api, srv: OmnisendServer) -> None:
 
 
 def test_module_cli_prints_the_url_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.omnisend_server", "--port", "0", "--api-key", "demo-key"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline().strip()
-        assert line.startswith("OMNISEND_SERVER_URL=http://127.0.0.1:")
-        url = line.split("=", 1)[1]
+    with cli_server("--api-key", "demo-key") as url:
         r = requests.get(
             f"{url}/api/contacts",
             headers={"Authorization": "Omnisend-API-Key demo-key", "Omnisend-Version": VERSION},
             timeout=5,
         )
         assert r.status_code == 200 and r.json()["contacts"] == []
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-        assert proc.stdout.read() == ""  # exactly one line
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

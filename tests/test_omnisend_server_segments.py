@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.omnisend_server import OmnisendServer
-from tests.test_omnisend_server import KEY, Api, body, eventually
-from tests.test_omnisend_server_knobs import cli_server
+from tests.omnisend_server import FaultRule, OmnisendServer
+from tests.test_omnisend_server import KEY, Api, body, cli_server, eventually
 
 
 def rule(*tags: str, operator: str = "anyOf") -> list[dict[str, Any]]:
@@ -206,27 +205,14 @@ def test_list_pages_by_cursor_with_sort_and_direction(api: Api, srv: OmnisendSer
     assert walk(direction="asc", limit=7) == created
     assert walk(sort="name", direction="asc", limit=50) == sorted(names)
     assert walk(sort="name", limit=4) == sorted(names, reverse=True)
-    first = api.get("/segments", params={"sort": "name", "direction": "asc", "limit": 5}).json()
+    by_name = {"sort": "name", "direction": "asc", "limit": 5}
+    first = api.get("/segments", params=by_name).json()
     assert first["paging"]["cursors"]["before"] is None
-    second = api.get(
-        "/segments",
-        params={
-            "sort": "name",
-            "direction": "asc",
-            "limit": 5,
-            "after": first["paging"]["cursors"]["after"],
-        },
-    ).json()
+    after = {**by_name, "after": first["paging"]["cursors"]["after"]}
+    second = api.get("/segments", params=after).json()
     assert [s["name"] for s in second["segments"]] == sorted(names)[5:10]
-    back = api.get(
-        "/segments",
-        params={
-            "sort": "name",
-            "direction": "asc",
-            "limit": 5,
-            "before": second["paging"]["cursors"]["before"],
-        },
-    ).json()
+    before = {**by_name, "before": second["paging"]["cursors"]["before"]}
+    back = api.get("/segments", params=before).json()
     assert [s["name"] for s in back["segments"]] == sorted(names)[:5]
     assert not back["paging"]["hasMore"]
     for bad in (
@@ -318,6 +304,7 @@ def test_a_timed_out_post_still_creates_the_segment_once() -> None:
         api_keys=(KEY,), slow_segment_posts=1, slow_segment_post_seconds=1.0
     ) as srv:
         api = Api(srv.url)
+        srv.clear_faults()  # disarms a test's rules, not the knob's
         with pytest.raises(requests.Timeout):
             api.post("/segments", json=segment("Slow", "t"), timeout=0.3)
         listed = api.get("/segments").json()["segments"]
@@ -362,3 +349,31 @@ def test_cli_flags_for_segments() -> None:
         assert api.delete(f"/segments/{listed[0]['segmentID']}").status_code == 409
         assert api.post("/segments", json=segment("Again", "t")).status_code == 429
         assert Api(url, key="ro").post("/segments", json=segment("S", "t")).status_code == 403
+
+
+def test_other_integrations_spend_part_of_the_segment_write_budget() -> None:
+    with OmnisendServer(
+        api_keys=(KEY,),
+        segment_writes_per_minute=4,
+        foreign_segment_writes_per_minute=2,
+        window_seconds=1.0,
+    ) as srv:
+        time.sleep(1.05)  # a whole window of the other integration's writes
+        api = Api(srv.url)
+        statuses = [api.post("/segments", json=segment(f"s{i}", "t")).status_code for i in range(4)]
+        assert statuses.count(201) == 2 and statuses[-1] == 429
+        assert len(srv.segments()) == 2
+
+
+def test_statistics_can_be_made_slow_to_answer() -> None:
+    with OmnisendServer(api_keys=(KEY,)) as srv:
+        api = Api(srv.url)
+        seg = api.post("/segments", json=segment("S", "t")).json()
+        srv.add_fault(
+            FaultRule(
+                method="GET", path_pattern=r"^/segments/\w+/statistics$", kind="delay", seconds=0.6
+            )
+        )
+        assert api.get(f"/segments/{seg['segmentID']}", timeout=0.4).status_code == 200
+        with pytest.raises(requests.Timeout):
+            api.get(f"/segments/{seg['segmentID']}/statistics", timeout=0.3)

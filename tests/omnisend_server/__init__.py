@@ -40,29 +40,38 @@ Batches:
 - `foreign_batches` → `--foreign-batches` (0): finished contact batches another
   integration made earlier today (UTC), present before the run; every 7th has one
   failed item. `foreign_batches_per_minute` (0) adds more while the server runs;
-  `foreign_batch_items` (5) items each. Their contacts are not stored.
+  `foreign_batch_items` (5) items each; `foreign_batch_days` (1) spreads them over that
+  many UTC days ending today instead (Omnisend keeps batches 7 days). Their contacts are
+  not stored.
 - `items_order` → `--items-order` ("same"): /batches/{id}/items in request order,
   "reversed", or "shuffled" (stable per batch). `echo_item_request` →
   `--no-echo-item-request` (on): without it items carry no `request` field, so results
   can only be matched by identity (a success's `response` holds the contact).
-- `inconsistent_batches` → `--inconsistent-batches` (0.0): the share of batches (seeded)
-  that silently skip their last item yet report `finished`, `errorsCount: 0`, with
-  `finishedCount < totalCount` (the skipped item stays `pending`, the contact unwritten).
-  The same as `FaultRule(kind="batch_short")`.
+- `inconsistent_batches` → `--inconsistent-batches` (0.0): the share of batches, evenly
+  spread (0.2: every 5th), that silently skip their last item yet report `finished`,
+  `errorsCount: 0`, with `finishedCount < totalCount` (the skipped item stays `pending`,
+  its contact unwritten). One batch at a time: `FaultRule(kind="batch_short")`.
 
 Segments (2026-03-15 only; v5 answers 404):
 - `segment_writes_per_minute` → `--segment-writes-rpm` (15; POST/PUT) and
   `segment_reads_per_minute` → `--segment-reads-rpm` (100; GET/DELETE).
+- `foreign_segment_writes_per_minute` → `--foreign-segment-writes-rpm` (0): segment
+  writes per window other integrations spend from the same 15/min budget.
 - `segment_build_seconds` → `--segment-build-seconds` (0.2): a segment is `building`
   that long after each write; PUT/DELETE meanwhile answer 409.
 - `segment_stats_lag` → `--segment-stats-lag` (0): statistics count members by their
   tags as they were this many seconds ago (Omnisend's lag behind tag changes).
 - `api_key_scopes` → `--api-key-scopes KEY=scope,scope` (none): keys that have only
   these scopes (added as accounts of their own); segment calls without `segments.read`
-  / `segments.write` get a 403 problem naming the scope. Other keys have every scope.
+  / `segments.write` get a 403 problem naming the scope (only segment calls check
+  scopes). Keys not listed have every scope.
 - `slow_segment_posts` → `--slow-segment-posts` (0): the first N POST /segments are
   applied, then answered only after `slow_segment_post_seconds` (11: past Omnisend's
   suggested 10 s client timeout) — the client times out, the segment exists anyway.
+
+Presets: `presets.PRESETS` names combinations of the knobs above ("oldest_first_busy",
+"hostile", "busy_account_c", …) for suites that run across them; `--preset NAME` on the
+command line, `OmnisendServer(**PRESETS[name])` in Python.
 
 Helpers for tests: `contacts()`, `contact(email)`, `batches()`, `segments()`,
 `add_segment(name, tags)` (a hand-made segment, outside the API budget),

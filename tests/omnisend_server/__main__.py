@@ -2,7 +2,9 @@
 
 Prints exactly one line, `OMNISEND_SERVER_URL=http://127.0.0.1:PORT`, so a parent
 process can read the URL, then serves until SIGTERM or SIGINT. Every knob of
-`OmnisendServer` has a flag (see the package docstring for what each one models).
+`OmnisendServer` has a flag (see the package docstring for what each one models);
+`--preset NAME` starts from one of `presets.PRESETS`, and flags that differ from their
+defaults override it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
+from .presets import PRESETS
 from .server import OmnisendServer
 
 
@@ -34,69 +38,111 @@ def _scopes(text: str) -> tuple[str, list[str]]:
     return key, [s for s in scopes.split(",") if s]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """Each flag's `dest` is the `OmnisendServer` keyword it sets."""
     parser = argparse.ArgumentParser(prog="python -m tests.omnisend_server", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--api-key", action="append", dest="api_keys", default=None)
-    parser.add_argument("--rpm", type=int, default=None, help="requests per window per account")
-    parser.add_argument("--tags-rpm", type=int, default=None, help="limit for /contacts/tags")
-    parser.add_argument("--window", type=float, default=60.0, help="window length in seconds")
-    parser.add_argument("--latency", type=_pair, default=(0.0, 0.0), help="MIN,MAX seconds")
-    parser.add_argument("--batch-delay", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
-    limits = parser.add_argument_group("rate limits")
-    limits.add_argument("--rate-limit-window", choices=("sliding", "fixed"), default="sliding")
-    limits.add_argument(
-        "--foreign-rpm", type=float, default=0.0, help="requests per window other tools spend"
+    add = parser.add_argument
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=0)
+    add("--api-key", action="append", dest="api_keys", default=None)
+    add("--preset", choices=sorted(PRESETS), default=None, help="start from these knobs")
+    add("--rpm", dest="requests_per_minute", type=int, default=None, help="per window, per key")
+    add("--tags-rpm", dest="tags_requests_per_minute", type=int, default=None)
+    add("--window", dest="window_seconds", type=float, default=60.0, help="window length, s")
+    add("--latency", type=_pair, default=(0.0, 0.0), help="MIN,MAX seconds")
+    add("--batch-delay", type=float, default=0.0)
+    add("--seed", type=int, default=0)
+    limits = parser.add_argument_group("rate limits").add_argument
+    limits("--rate-limit-window", choices=("sliding", "fixed"), default="sliding")
+    limits(
+        "--foreign-rpm",
+        dest="foreign_requests_per_minute",
+        type=float,
+        default=0.0,
+        help="requests per window other integrations spend",
     )
-    limits.add_argument(
+    limits(
         "--no-rate-limit-headers",
         dest="rate_limit_headers",
         action="store_false",
         help="send no X-Rate-Limit-* headers",
     )
-    limits.add_argument("--reset-as", choices=("seconds", "epoch"), default="seconds")
-    limits.add_argument("--retry-after-header", action="store_true", help="Retry-After on 429s")
-    batches = parser.add_argument_group("batches")
-    batches.add_argument(
+    limits("--reset-as", dest="rate_limit_reset", choices=("seconds", "epoch"), default="seconds")
+    limits("--retry-after-header", action="store_true", help="Retry-After on 429s")
+    batches = parser.add_argument_group("batches").add_argument
+    batches(
         "--batch-list-order",
         choices=("newest_first", "oldest_first", "unordered"),
         default="newest_first",
     )
-    batches.add_argument("--foreign-batches", type=int, default=0, help="made earlier today")
-    batches.add_argument("--foreign-batches-per-minute", type=float, default=0.0)
-    batches.add_argument("--foreign-batch-items", type=int, default=5)
-    batches.add_argument("--items-order", choices=("same", "reversed", "shuffled"), default="same")
-    batches.add_argument(
+    batches("--foreign-batches", type=int, default=0, help="made earlier today")
+    batches("--foreign-batches-per-minute", type=float, default=0.0)
+    batches("--foreign-batch-items", type=int, default=5)
+    batches("--foreign-batch-days", type=int, default=1, help="spread over N UTC days to today")
+    batches("--items-order", choices=("same", "reversed", "shuffled"), default="same")
+    batches(
         "--no-echo-item-request",
         dest="echo_item_request",
         action="store_false",
         help="batch items without their `request`",
     )
-    batches.add_argument(
+    batches(
         "--inconsistent-batches",
         type=float,
         default=0.0,
         help="share of batches that skip their last item yet say finished",
     )
-    segments = parser.add_argument_group("segments")
-    segments.add_argument("--segment-writes-rpm", type=_limit, default=15, help="0 = unlimited")
-    segments.add_argument("--segment-reads-rpm", type=_limit, default=100, help="0 = unlimited")
-    segments.add_argument("--segment-build-seconds", type=float, default=0.2)
-    segments.add_argument("--segment-stats-lag", type=float, default=0.0)
-    segments.add_argument(
+    segments = parser.add_argument_group("segments").add_argument
+    segments(
+        "--segment-writes-rpm",
+        dest="segment_writes_per_minute",
+        type=_limit,
+        default=15,
+        help="0 = unlimited",
+    )
+    segments(
+        "--segment-reads-rpm",
+        dest="segment_reads_per_minute",
+        type=_limit,
+        default=100,
+        help="0 = unlimited",
+    )
+    segments(
+        "--foreign-segment-writes-rpm",
+        dest="foreign_segment_writes_per_minute",
+        type=float,
+        default=0.0,
+        help="segment writes per window other integrations spend",
+    )
+    segments("--segment-build-seconds", type=float, default=0.2)
+    segments("--segment-stats-lag", type=float, default=0.0)
+    segments(
         "--api-key-scopes",
         type=_scopes,
         action="append",
-        default=[],
+        default=None,
         metavar="KEY=SCOPE,SCOPE",
         help="a key with only these scopes (e.g. demo-ro=segments.read)",
     )
-    segments.add_argument("--slow-segment-posts", type=int, default=0)
-    segments.add_argument("--slow-segment-post-seconds", type=float, default=11.0)
-    args = parser.parse_args(argv)
+    segments("--slow-segment-posts", type=int, default=0)
+    segments("--slow-segment-post-seconds", type=float, default=11.0)
+    return parser
 
+
+def knobs(argv: list[str] | None = None) -> dict[str, Any]:
+    """The `OmnisendServer` keywords the command line asks for."""
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    preset = PRESETS[args.pop("preset")] if args.get("preset") else {}
+    chosen = {k: v for k, v in args.items() if v != parser.get_default(k)}
+    out = {**args, **preset, **chosen}
+    out["api_keys"] = tuple(out["api_keys"] or ["test-key"])
+    out["api_key_scopes"] = dict(out["api_key_scopes"] or [])
+    out.pop("preset", None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -104,36 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = OmnisendServer(
-        api_keys=tuple(args.api_keys or ["test-key"]),
-        requests_per_minute=args.rpm,
-        tags_requests_per_minute=args.tags_rpm,
-        window_seconds=args.window,
-        latency=args.latency,
-        batch_delay=args.batch_delay,
-        seed=args.seed,
-        host=args.host,
-        port=args.port,
-        rate_limit_window=args.rate_limit_window,
-        foreign_requests_per_minute=args.foreign_rpm,
-        rate_limit_headers=args.rate_limit_headers,
-        rate_limit_reset=args.reset_as,
-        retry_after_header=args.retry_after_header,
-        batch_list_order=args.batch_list_order,
-        foreign_batches=args.foreign_batches,
-        foreign_batches_per_minute=args.foreign_batches_per_minute,
-        foreign_batch_items=args.foreign_batch_items,
-        items_order=args.items_order,
-        echo_item_request=args.echo_item_request,
-        inconsistent_batches=args.inconsistent_batches,
-        segment_writes_per_minute=args.segment_writes_rpm,
-        segment_reads_per_minute=args.segment_reads_rpm,
-        segment_build_seconds=args.segment_build_seconds,
-        segment_stats_lag=args.segment_stats_lag,
-        api_key_scopes=dict(args.api_key_scopes),
-        slow_segment_posts=args.slow_segment_posts,
-        slow_segment_post_seconds=args.slow_segment_post_seconds,
-    ).start()
+    server = OmnisendServer(**knobs(argv)).start()
     print(f"OMNISEND_SERVER_URL={server.url}", flush=True)
     try:
         while not stop.wait(0.5):

@@ -94,6 +94,8 @@ class Service:
     `batch_list_order` is the order of GET /batches (store.BATCH_ORDERS), `items_order`
     that of /batches/{id}/items (ITEM_ORDERS), and `echo_item_request` whether an item
     carries the `request` it was made from (without it, only identity can match results).
+    `inconsistent_batches` is the share of batches that get the `batch_short` fault,
+    evenly spread (0.2: every 5th batch), so a short run meets them too.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Service:
         batch_list_order: str = "newest_first",
         items_order: str = "same",
         echo_item_request: bool = True,
+        inconsistent_batches: float = 0.0,
     ) -> None:
         if batch_list_order not in BATCH_ORDERS:
             raise ValueError(f"batch_list_order must be one of {BATCH_ORDERS}")
@@ -117,6 +120,8 @@ class Service:
         self.batch_list_order = batch_list_order
         self.items_order = items_order
         self.echo_item_request = echo_item_request
+        self.inconsistent_batches = inconsistent_batches
+        self._batches_created = 0
 
     # -- contacts ---------------------------------------------------------------------
 
@@ -310,7 +315,7 @@ class Service:
             endpoint="contacts",
             generation=call.gen.name,
             items=items,
-            fault=rule.kind if rule else None,
+            fault=rule.kind if rule else self._inconsistent_fault(),
         )
         with self.store.lock:
             rendered = render_batch(batch)
@@ -318,6 +323,12 @@ class Service:
         account, gen = call.account, call.gen
         self.scheduler.call_later(self.batch_delay, lambda: self._process(account, gen, batch))
         return 200, rendered
+
+    def _inconsistent_fault(self) -> str | None:
+        with self.store.lock:
+            self._batches_created += 1
+            n, share = self._batches_created, self.inconsistent_batches
+        return "batch_short" if int(n * share) > int((n - 1) * share) else None
 
     def _start(self, batch: Batch) -> None:
         with self.store.lock:

@@ -26,9 +26,10 @@ class FaultRule:
     """One scripted misbehaviour.
 
     method/path: match the HTTP method (None = any) and a path prefix relative to the
-    version root, e.g. "/batches" (None = any). `after` lets the first N matches through,
-    `times` caps how often it fires (None = forever), `probability` fires at random from
-    the server's seeded RNG.
+    version root, e.g. "/batches" (None = any); `path_pattern` narrows it further with a
+    regular expression (e.g. r"/statistics$" for one sub-resource). `after` lets the
+    first N matches through, `times` caps how often it fires (None = forever),
+    `probability` fires at random from the server's seeded RNG.
 
     kinds: "status" (respond `status` + problem, or `body` verbatim, without applying),
     "rate_limit" (429 + retryAfter as if the window were exhausted), "delay" (sleep
@@ -54,14 +55,16 @@ class FaultRule:
     seconds: float = 0.0
     apply: bool = False
     email_pattern: str | None = None
+    path_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(KINDS)}")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError("probability must be within 0..1")
-        if self.email_pattern is not None:
-            re.compile(self.email_pattern)
+        for pattern in (self.email_pattern, self.path_pattern):
+            if pattern is not None:
+                re.compile(pattern)
 
     @property
     def effective_status(self) -> int:
@@ -74,6 +77,7 @@ class _Armed:
     seen: int = 0
     fired: int = 0
     pattern: re.Pattern[str] | None = field(default=None)
+    path_pattern: re.Pattern[str] | None = field(default=None)
 
 
 class FaultBook:
@@ -86,8 +90,9 @@ class FaultBook:
 
     def add(self, rule: FaultRule) -> FaultRule:
         pattern = re.compile(rule.email_pattern) if rule.email_pattern is not None else None
+        path = re.compile(rule.path_pattern) if rule.path_pattern is not None else None
         with self._lock:
-            self._rules.append(_Armed(rule, pattern=pattern))
+            self._rules.append(_Armed(rule, pattern=pattern, path_pattern=path))
         return rule
 
     def clear(self) -> None:
@@ -111,6 +116,8 @@ class FaultBook:
                 if rule.method is not None and rule.method.upper() != method.upper():
                     continue
                 if rule.path is not None and not path.startswith(rule.path):
+                    continue
+                if armed.path_pattern is not None and not armed.path_pattern.search(path):
                     continue
                 if armed.pattern is not None and not (email and armed.pattern.search(email)):
                     continue

@@ -3,7 +3,8 @@
 A busy account already holds batches from a shop platform's daily sync or an ESP when
 a run starts, and more arrive during it, so "our" batches are rarely alone on the first
 page of GET /batches. `ForeignBatches.seed` adds `count` finished contact batches spread
-over today (UTC midnight up to now; every `error_every`-th has one failed item);
+over today (UTC midnight up to now) or, with `days` > 1, over that many UTC days ending
+now (Omnisend keeps batches 7 days); every `error_every`-th has one failed item.
 `start_trickle` adds one more every `60 / per_minute` seconds while the server runs,
 processed after the usual batch delay. Their contacts belong to the other integration
 and are not stored: only the batch records exist, so the target's own contacts stay
@@ -33,6 +34,7 @@ class ForeignBatches:
         items: int = 5,
         error_every: int = 7,
         batch_delay: float = 0.0,
+        days: int = 1,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -41,6 +43,7 @@ class ForeignBatches:
         self.items = max(1, items)
         self.error_every = error_every
         self.batch_delay = batch_delay
+        self.days = max(1, days)
         self._serial = itertools.count()
 
     def _add(self, account: Account, created: float | None) -> tuple[Batch, bool]:
@@ -76,12 +79,12 @@ class ForeignBatches:
             batch.ended_at = batch.created_at if batch.ended_at is None else batch.ended_at
 
     def seed(self) -> None:
-        """`count` finished batches per account, created earlier today (oldest first)."""
+        """`count` finished batches per account, created earlier (oldest first)."""
         if self.count <= 0:
             return
         now = time.time()
         midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-        start = midnight.timestamp()
+        start = midnight.timestamp() - (self.days - 1) * 86_400
         span = max(0.0, now - 1.0 - start)
         for account in self.store.accounts.values():
             for n in range(self.count):

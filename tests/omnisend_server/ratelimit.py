@@ -32,8 +32,10 @@ RESET_STYLES = ("seconds", "epoch")
 class Quota:
     """The outcome of one hit: allowed or not, and what the headers say.
 
-    `reset` is always seconds (from now); `retry_after` is when this request would be
-    allowed (seconds, ≥ 1) and is what a 429's `retryAfter` carries."""
+    `reset` is seconds from now until the budget grows again: the end of the window
+    (fixed), or the moment the oldest counted request leaves it (sliding; one slot frees,
+    not the whole budget). `retry_after` is when a refused request would fit (≥ 1 s);
+    a 429's `retryAfter` carries it."""
 
     allowed: bool
     limit: int

@@ -157,11 +157,13 @@ class OmnisendServer:
         foreign_batches: int = 0,
         foreign_batches_per_minute: float = 0.0,
         foreign_batch_items: int = 5,
+        foreign_batch_days: int = 1,
         items_order: str = "same",
         echo_item_request: bool = True,
         inconsistent_batches: float = 0.0,
         segment_writes_per_minute: int | None = 15,
         segment_reads_per_minute: int | None = 100,
+        foreign_segment_writes_per_minute: float = 0.0,
         segment_build_seconds: float = 0.2,
         segment_stats_lag: float = 0.0,
         api_key_scopes: Mapping[str, Iterable[str]] | None = None,
@@ -182,9 +184,7 @@ class OmnisendServer:
         self._latency_lock = threading.Lock()
         self._store = Store(keys, seed, tag_history_seconds=segment_stats_lag)
         self._faults = FaultBook(seed)
-        self._standing = self._standing_faults(
-            inconsistent_batches, slow_segment_posts, slow_segment_post_seconds
-        )
+        self._standing = self._standing_faults(slow_segment_posts, slow_segment_post_seconds)
         self._limiter = RateLimiter(
             {
                 "default": requests_per_minute,
@@ -194,7 +194,10 @@ class OmnisendServer:
             },
             window_seconds,
             kind=rate_limit_window,
-            foreign={"default": foreign_requests_per_minute},
+            foreign={
+                "default": foreign_requests_per_minute,
+                "segments_write": foreign_segment_writes_per_minute,
+            },
         )
         self._scheduler = Scheduler()
         self._service = Service(
@@ -205,6 +208,7 @@ class OmnisendServer:
             batch_list_order=batch_list_order,
             items_order=items_order,
             echo_item_request=echo_item_request,
+            inconsistent_batches=inconsistent_batches,
         )
         self._segments = SegmentService(
             self._store, segment_build_seconds, segment_stats_lag, scopes
@@ -216,6 +220,7 @@ class OmnisendServer:
             per_minute=foreign_batches_per_minute,
             items=foreign_batch_items,
             batch_delay=batch_delay,
+            days=foreign_batch_days,
         )
         self._api = Api(
             self._store,
@@ -224,42 +229,29 @@ class OmnisendServer:
             self._service.routes() + self._segments.routes(),
             Headers(rate_limit_headers, rate_limit_reset, retry_after_header),
         )
-        self._arm()
+        self.clear_faults()
+        self._foreign.seed()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
 
     @staticmethod
-    def _standing_faults(
-        inconsistent: float, slow_posts: int, slow_seconds: float
-    ) -> list[FaultRule]:
+    def _standing_faults(slow_posts: int, slow_seconds: float) -> list[FaultRule]:
         """Knobs that are faults underneath; they survive `reset()` (they are the server's
         character, not a test's script)."""
-        rules = []
-        if inconsistent > 0:
-            rules.append(
-                FaultRule(
-                    method="POST", path="/batches", kind="batch_short", probability=inconsistent
-                )
+        if slow_posts <= 0:
+            return []
+        return [
+            FaultRule(
+                method="POST",
+                path="/segments",
+                kind="delay",
+                seconds=slow_seconds,
+                apply=True,
+                times=slow_posts,
             )
-        if slow_posts > 0:
-            rules.append(
-                FaultRule(
-                    method="POST",
-                    path="/segments",
-                    kind="delay",
-                    seconds=slow_seconds,
-                    apply=True,
-                    times=slow_posts,
-                )
-            )
-        return rules
-
-    def _arm(self) -> None:
-        for rule in self._standing:
-            self._faults.add(rule)
-        self._foreign.seed()
+        ]
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -406,7 +398,10 @@ class OmnisendServer:
         return self._faults.add(rule)
 
     def clear_faults(self) -> None:
+        """Disarm every rule a test added; what the knobs set up stays."""
         self._faults.clear()
+        for rule in self._standing:
+            self._faults.add(rule)
 
     def fault_hits(self) -> list[tuple[FaultRule, int]]:
         """(rule, times fired) for each active rule, in order."""
@@ -417,11 +412,11 @@ class OmnisendServer:
         what the knobs set up (foreign batches, standing faults) is set up again."""
         self._scheduler.clear()
         self._store.reset()
-        self._faults.clear()
         self._limiter.reset()
         with self._api.log_lock:
             self._api.log.clear()
-        self._arm()
+        self.clear_faults()
+        self._foreign.seed()
         if self._httpd is not None:
             self._foreign.start_trickle()
 
