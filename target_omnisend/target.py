@@ -29,6 +29,7 @@ from target_omnisend.reader import SingerInput
 from target_omnisend.settings import load_settings
 from target_omnisend.sinks import ContactsSink
 from target_omnisend.store import FingerprintStore, account_scope
+from target_omnisend.unknown_settings import warn_unknown_settings
 
 
 class TargetOmnisend(Target):
@@ -45,6 +46,7 @@ class TargetOmnisend(Target):
         #: may still carry contacts that must go out before STATE.
         self.all_sinks: list[ContactsSink] = []
         super().__init__(*args, **kwargs)
+        warn_unknown_settings(self.config, self.config_jsonschema, self.logger)
         self.started_at = time.monotonic()
         self.settings = load_settings(self.config)
         if self.settings.segment_tag and not self.settings.generation.has_tags_endpoint:
