@@ -24,7 +24,7 @@ SYNC_MODES = ("upsert", "mirror")
 MIRROR_TRIGGERS = ("activate_version", "end_of_input")
 
 
-def _plain(number: float) -> str:
+def plain_number(number: float) -> str:
     """10000000 -> "10,000,000" and 0.01 -> "0.01": how a person writes a bound."""
     return f"{number:,}" if float(number).is_integer() else f"{number:g}"
 
@@ -46,7 +46,7 @@ def _bounded(
         kind(minimum=low, maximum=high),  # type: ignore[arg-type]
         default=default,
         title=title,
-        description=f"{description} ({_plain(low)} to {_plain(high)}).",
+        description=f"{description} ({plain_number(low)} to {plain_number(high)}).",
     )
 
 

@@ -16,6 +16,7 @@ import copy
 import json
 import sys
 from collections.abc import Mapping
+from importlib.metadata import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,8 @@ from target_omnisend.config_schema import CONFIG_SCHEMA
 
 NAME = "target-omnisend"
 NAMESPACE = "target_omnisend"
-#: The GitHub owner of the repository, as MeltanoHub names variants.
+#: MeltanoHub names a variant after the repository's owner.
 VARIANT = "target-omnisend"
-REPOSITORY = "https://github.com/target-omnisend/target-omnisend"
 HUB_FILE = Path("plugin") / f"{NAME}.yml"
 PROJECT_FILE = Path("meltano.yml")
 #: The generated loader block of meltano.yml lies between these two lines.
@@ -58,6 +58,12 @@ def capabilities() -> list[str]:
     from target_omnisend.target import TargetOmnisend  # noqa: PLC0415
 
     return [str(c) for c in TargetOmnisend.capabilities]
+
+
+def project_urls() -> dict[str, str]:
+    """[project.urls] of pyproject.toml, the one place the repository's address is kept."""
+    entries = metadata(NAME).get_all("Project-URL") or []
+    return dict(tuple(part.strip() for part in e.split(",", 1)) for e in entries)
 
 
 def _json_type(prop: Mapping[str, Any]) -> str:
@@ -94,16 +100,16 @@ def hub_definition() -> dict[str, Any]:
     """The loader as MeltanoHub serves a variant (and as `meltano add --from-ref` reads
     it). `pip_url` is the package on PyPI; see the README for installing from a clone."""
     schema = full_schema()
+    urls = project_urls()
     return {
         "name": NAME,
         "namespace": NAMESPACE,
         "variant": VARIANT,
         "label": "Omnisend",
         "description": "Audience segments from any tap, delivered as Omnisend contacts",
-        "logo_url": "https://www.omnisend.com/favicon.ico",
         "domain_url": "https://www.omnisend.com",
-        "repo": REPOSITORY,
-        "docs": f"{REPOSITORY}#readme",
+        "repo": urls["Repository"],
+        "docs": urls["Documentation"],
         "pip_url": NAME,
         "executable": NAME,
         "maintenance_status": "active",
@@ -115,7 +121,7 @@ def hub_definition() -> dict[str, Any]:
 
 
 #: Hub metadata that a project's plugin entry does not carry.
-_HUB_ONLY = ("variant", "label", "description", "logo_url", "domain_url", "repo", "docs")
+_HUB_ONLY = ("variant", "label", "description", "domain_url", "repo", "docs")
 _HUB_ONLY += ("maintenance_status", "keywords")
 
 

@@ -28,6 +28,7 @@ from target_omnisend.config_schema import (
     MAX_TAGS,
     MIRROR_TRIGGERS,
     SYNC_MODES,
+    plain_number,
     setting,
 )
 from target_omnisend.errors import ConfigError
@@ -147,7 +148,10 @@ def _number(config: Mapping[str, Any], key: str) -> float:
         value = float(value)  # the SDK parses JSON numbers as Decimal
     low, high = schema["minimum"], schema["maximum"]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(f"{key} must be a number from {low:g} to {high:g} (got {value!r})")
+        raise ConfigError(
+            f"{key} must be a number from {plain_number(low)} to {plain_number(high)} "
+            f"(got {value!r})"
+        )
     return float(value)
 
 

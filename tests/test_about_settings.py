@@ -15,6 +15,9 @@ import pytest
 import yaml
 
 from target_omnisend import plugin_definition
+from target_omnisend.config_schema import CONFIG_SCHEMA
+from target_omnisend.errors import ConfigError
+from target_omnisend.settings import load_settings
 from tests.harness import REPO, TARGET_BIN
 
 REGENERATE = "run `make plugin-definition` (python -m target_omnisend.plugin_definition --write)"
@@ -190,3 +193,43 @@ def test_meltano_yml_capabilities_match_the_target(
     assert sorted(plugin["capabilities"]) == sorted(about_json["capabilities"])
     assert plugin["namespace"] == "target_omnisend"
     assert plugin["executable"] == "target-omnisend"
+
+
+def _ours() -> dict[str, Any]:
+    return CONFIG_SCHEMA["properties"]
+
+
+def test_load_settings_takes_every_default_from_the_schema() -> None:
+    settings = load_settings({"api_key": "k"})
+    checked = []
+    for name, prop in _ours().items():
+        if "default" not in prop:
+            continue
+        holder = settings if hasattr(settings, name) else settings.mapping
+        if hasattr(holder, name):
+            assert getattr(holder, name) == prop["default"], name
+            checked.append(name)
+    assert settings.generation.name == _ours()["api_version"]["default"]
+    assert len(checked) >= 20, checked
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, p in _ours().items() if "minimum" in p or "maximum" in p]
+)
+def test_load_settings_enforces_the_range_the_schema_declares(name: str) -> None:
+    prop = _ours()[name]
+    low, high = prop["minimum"], prop["maximum"]
+    assert load_settings({"api_key": "k", name: low}) and load_settings(
+        {"api_key": "k", name: high}
+    )
+    for bad in (low - 1, high + 1):
+        with pytest.raises(ConfigError, match=f"^{name} must be a number from"):
+            load_settings({"api_key": "k", name: bad})
+    assert f"to {high:,}" in prop["description"] or f"to {high:g}" in prop["description"]
+
+
+@pytest.mark.parametrize("name", [n for n, p in _ours().items() if "enum" in p])
+def test_load_settings_accepts_exactly_the_schema_choices(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} must be one of"):
+        load_settings({"api_key": "k", name: "no-such-choice"})
+    assert load_settings({"api_key": "k", name: _ours()[name]["default"]})
