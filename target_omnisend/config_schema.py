@@ -321,6 +321,11 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
 ).to_dict()
 
 
+#: The target's own settings. The SDK merges its built-in ones (stream maps, flattening,
+#: batch_size_rows…) into CONFIG_SCHEMA itself when it validates a config.
+OWN_SETTINGS: tuple[str, ...] = tuple(CONFIG_SCHEMA["properties"])
+
+
 def setting(name: str) -> dict[str, Any]:
     """The schema of one of our settings (KeyError for a name the schema lacks: a typo in
     code must fail loudly, not fall back to nothing)."""
