@@ -18,20 +18,36 @@ from typing import Any
 
 from target_omnisend.countries import ISO_ALPHA2
 
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """A standard Omnisend contact attribute: the name users write in `field_mapping`, the
+    contact-body field it fills, and the line the settings reference shows for it."""
+
+    name: str
+    body_field: str
+    doc: str
+
+
+#: The one table of standard attributes. Mapping, the config schema (`field_mapping`
+#: and its docs) and the Meltano plugin definition are all generated from it.
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute("first_name", "firstName", "First name"),
+    Attribute("last_name", "lastName", "Last name"),
+    Attribute("address", "address", "Street address"),
+    Attribute("city", "city", "City"),
+    Attribute("state", "state", "State / region"),
+    Attribute("postal_code", "postalCode", "Postal code"),
+    Attribute("country", "country", "Country name"),
+    Attribute(
+        "country_code", "countryCode", "ISO 3166-1 alpha-2 country code (sent only when valid)"
+    ),
+    Attribute("phone", "phone", "Phone in international E.164 form (added as a phone identifier)"),
+    Attribute("birthdate", "birthdate", "Birth date (sent as YYYY-MM-DD)"),
+    Attribute("gender", "gender", "Gender (m/f; male/female accepted)"),
+)
 #: Omnisend attribute (config name) -> contact body field.
-STANDARD_ATTRIBUTES: dict[str, str] = {
-    "first_name": "firstName",
-    "last_name": "lastName",
-    "address": "address",
-    "city": "city",
-    "state": "state",
-    "postal_code": "postalCode",
-    "country": "country",
-    "country_code": "countryCode",
-    "phone": "phone",
-    "birthdate": "birthdate",
-    "gender": "gender",
-}
+STANDARD_ATTRIBUTES: dict[str, str] = {a.name: a.body_field for a in ATTRIBUTES}
 EMAIL_STATUSES: tuple[str, ...] = ("subscribed", "unsubscribed", "nonSubscribed")
 
 #: Omnisend documents no length limits for contact attributes. Free-text attributes

@@ -1,7 +1,10 @@
-"""Cross-checks the JSON schema cannot express, turned into typed settings.
+"""Config -> typed settings: type conversion and the cross-checks the JSON schema cannot
+express.
 
-Each problem becomes one line that says what to fix; they are raised before any
-input is read, so a bad config never half-delivers a segment.
+Defaults, ranges and choices are declared once, in `config_schema`, and read from there
+(the SDK already enforces them on the CLI; they are checked again here for callers that
+build a config by hand). Each problem becomes one line that says what to fix; they are
+raised before any input is read, so a bad config never half-delivers a segment.
 """
 
 from __future__ import annotations
@@ -17,16 +20,30 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from target_omnisend.api import DEFAULT_API_URL, GENERATIONS, ApiGeneration
+from target_omnisend.api import GENERATIONS, ApiGeneration
+from target_omnisend.config_schema import (
+    DEFAULT_SEGMENT_TAG,
+    DEFAULT_STORE,
+    MAX_BATCH_SIZE,
+    MAX_TAGS,
+    MIRROR_TRIGGERS,
+    SYNC_MODES,
+    plain_number,
+    setting,
+)
 from target_omnisend.errors import ConfigError
-from target_omnisend.mapping import EMAIL_STATUSES, STANDARD_ATTRIBUTES, MappingConfig
+from target_omnisend.mapping import STANDARD_ATTRIBUTES, MappingConfig
 
-MAX_BATCH_SIZE = 100
-MAX_TAGS = 100
-DEFAULT_SEGMENT_TAG = "segment:{stream_name}"
-DEFAULT_STORE = ".target-omnisend/fingerprints.sqlite"
-SYNC_MODES = ("upsert", "mirror")
-MIRROR_TRIGGERS = ("activate_version", "end_of_input")
+__all__ = [
+    "DEFAULT_SEGMENT_TAG",
+    "DEFAULT_STORE",
+    "MAX_BATCH_SIZE",
+    "MAX_TAGS",
+    "MIRROR_TRIGGERS",
+    "SYNC_MODES",
+    "Settings",
+    "load_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -108,24 +125,47 @@ def check_api_url(url: str) -> str:
     return root
 
 
-def _number(config: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+def _default(config: Mapping[str, Any], key: str) -> Any:
+    """The configured value, or the schema's default when it is unset or empty."""
+    value = config.get(key)
+    return setting(key).get("default") if value is None or value == "" else value
+
+
+def _choice(config: Mapping[str, Any], key: str) -> str:
+    value = _default(config, key)
+    choices = setting(key)["enum"]
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)} (got {value!r})")
+    return value
+
+
+def _number(config: Mapping[str, Any], key: str) -> float:
+    """A numeric setting within the range its schema declares."""
+    schema = setting(key)
     value = config.get(key)
     if value is None:
-        return default
+        return float(schema["default"])
     if isinstance(value, decimal.Decimal):
         value = float(value)  # the SDK parses JSON numbers as Decimal
+    low, high = schema["minimum"], schema["maximum"]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(f"{key} must be a number from {low:g} to {high:g} (got {value!r})")
-    return value
+        raise ConfigError(
+            f"{key} must be a number from {plain_number(low)} to {plain_number(high)} "
+            f"(got {value!r})"
+        )
+    return float(value)
+
+
+def _path(config: Mapping[str, Any], key: str) -> str | None:
+    """A file setting: unset means the default file, an empty string means none."""
+    return config.get(key, setting(key).get("default")) or None
 
 
 def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
     api_key = config.get("api_key")
     if not isinstance(api_key, str) or not api_key.strip():
         raise ConfigError("api_key is missing: set it in config or TARGET_OMNISEND_API_KEY")
-    version = config.get("api_version") or next(iter(GENERATIONS))
-    if version not in GENERATIONS:
-        raise ConfigError(f"api_version must be one of {', '.join(GENERATIONS)} (got {version!r})")
+    version = _choice(config, "api_version")
 
     field_mapping = dict(config.get("field_mapping") or {})
     unknown = sorted(set(field_mapping) - set(STANDARD_ATTRIBUTES))
@@ -137,14 +177,10 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
     for name, source in {**field_mapping, **dict(config.get("custom_properties") or {})}.items():
         if not isinstance(source, str) or not source.strip():
             raise ConfigError(f"mapping for {name!r} must name a source field (got {source!r})")
-    email_status = config.get("email_status") or "nonSubscribed"
-    if email_status not in EMAIL_STATUSES:
-        raise ConfigError(
-            f"email_status must be one of {', '.join(EMAIL_STATUSES)} (got {email_status!r})"
-        )
-    email_field = config.get("email_field") or "email"
+    email_status = _choice(config, "email_status")
+    email_field = _default(config, "email_field")
 
-    batch_size = int(_number(config, "batch_size", MAX_BATCH_SIZE, 1, MAX_BATCH_SIZE))
+    batch_size = int(_number(config, "batch_size"))
     started = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     mapping = MappingConfig(
         email_field=email_field,
@@ -153,10 +189,10 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         email_status=email_status,
         status_field=config.get("status_field") or None,
         status_timestamp_field=config.get("status_timestamp_field") or None,
-        send_welcome_message=bool(config.get("send_welcome_message", False)),
+        send_welcome_message=bool(_default(config, "send_welcome_message")),
         run_started_at=started,
     )
-    segment_tag = config.get("segment_tag", DEFAULT_SEGMENT_TAG) or ""
+    segment_tag = config.get("segment_tag", setting("segment_tag")["default"]) or ""
     try:
         segment_tag.format(stream_name="s")
     except (KeyError, IndexError, ValueError) as exc:
@@ -166,16 +202,10 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
     tags = tuple(dict.fromkeys(str(t).strip() for t in config.get("tags") or [] if str(t).strip()))
     if len(tags) + 1 > MAX_TAGS:
         raise ConfigError(f"tags can hold at most {MAX_TAGS - 1} tags (got {len(tags)})")
-    sync_mode = config.get("sync_mode") or "upsert"
-    if sync_mode not in SYNC_MODES:
-        raise ConfigError(f"sync_mode must be one of {', '.join(SYNC_MODES)} (got {sync_mode!r})")
+    sync_mode = _choice(config, "sync_mode")
     if sync_mode == "mirror" and not segment_tag:
         raise ConfigError("sync_mode mirror needs a segment_tag: it is how leavers are found")
-    mirror_trigger = config.get("mirror_trigger") or "activate_version"
-    if mirror_trigger not in MIRROR_TRIGGERS:
-        raise ConfigError(
-            f"mirror_trigger must be one of {', '.join(MIRROR_TRIGGERS)} (got {mirror_trigger!r})"
-        )
+    mirror_trigger = _choice(config, "mirror_trigger")
     if not GENERATIONS[version].has_tags_endpoint:
         # The default segment tag is skipped with a warning; settings that exist only
         # for tagging cannot work at all, so they stop the run before it starts.
@@ -189,33 +219,33 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
                 f"sync_mode mirror needs api_version {next(iter(GENERATIONS))}: it removes the "
                 f"segment tag, and Omnisend {version} has no tags endpoint"
             )
-    max_concurrency = int(_number(config, "max_concurrency", 4, 1, 32))
+    max_concurrency = int(_number(config, "max_concurrency"))
     return Settings(
         api_key=api_key.strip(),
-        api_url=check_api_url(config.get("api_url") or DEFAULT_API_URL),
+        api_url=check_api_url(_default(config, "api_url")),
         generation=GENERATIONS[version],
         mapping=mapping,
         batch_size=batch_size,
         max_concurrency=max_concurrency,
-        max_pending_batches=int(_number(config, "max_pending_batches", 64, 1, 1000)),
-        requests_per_minute=_number(config, "requests_per_minute", 400, 1, 10_000_000),
-        tags_requests_per_minute=_number(config, "tags_requests_per_minute", 60, 1, 10_000_000),
-        request_timeout=_number(config, "request_timeout", 10.0, 0.1, 600),
-        max_retries=int(_number(config, "max_retries", 5, 0, 100)),
-        batch_poll_interval=_number(config, "batch_poll_interval", 0.5, 0.01, 60),
-        batch_timeout=_number(config, "batch_timeout", 900.0, 1, 86_400),
-        rejected_records_path=config.get("rejected_records_path", "rejected_records.jsonl") or None,
+        max_pending_batches=int(_number(config, "max_pending_batches")),
+        requests_per_minute=_number(config, "requests_per_minute"),
+        tags_requests_per_minute=_number(config, "tags_requests_per_minute"),
+        request_timeout=_number(config, "request_timeout"),
+        max_retries=int(_number(config, "max_retries")),
+        batch_poll_interval=_number(config, "batch_poll_interval"),
+        batch_timeout=_number(config, "batch_timeout"),
+        rejected_records_path=_path(config, "rejected_records_path"),
         segment_tag=segment_tag,
         tags=tags,
-        fingerprint_store_path=config.get("fingerprint_store_path", DEFAULT_STORE) or None,
-        full_refresh=bool(config.get("full_refresh", False)),
-        dry_run=bool(config.get("dry_run", False)),
-        dry_run_path=config.get("dry_run_path") or "omnisend_dry_run.jsonl",
+        fingerprint_store_path=_path(config, "fingerprint_store_path"),
+        full_refresh=bool(_default(config, "full_refresh")),
+        dry_run=bool(_default(config, "dry_run")),
+        dry_run_path=_default(config, "dry_run_path"),
         sync_mode=sync_mode,
-        mirror_max_removal_ratio=_number(config, "mirror_max_removal_ratio", 0.5, 0, 1),
+        mirror_max_removal_ratio=_number(config, "mirror_max_removal_ratio"),
         mirror_trigger=mirror_trigger,
-        mirror_confirm_runs=int(_number(config, "mirror_confirm_runs", 2, 1, 100)),
+        mirror_confirm_runs=int(_number(config, "mirror_confirm_runs")),
         summary_path=config.get("summary_path") or None,
-        progress_interval=_number(config, "progress_interval", 30.0, 0, 86_400),
-        state_interval=_number(config, "state_interval", 60.0, 0.1, 86_400),
+        progress_interval=_number(config, "progress_interval"),
+        state_interval=_number(config, "state_interval"),
     )

@@ -1,7 +1,9 @@
-"""The settings reference users read: `target-omnisend --about` (markdown and JSON) and
-the plugin definition in meltano.yml. Every setting the target accepts must be
-documented in both, with the same kind, default and choices, and the API key must stay
-a secret everywhere."""
+"""The settings reference users read: `target-omnisend --about` (markdown and JSON), the
+plugin definition users add (`plugin/target-omnisend.yml`) and the one in meltano.yml.
+Every setting the target accepts must be documented in all of them, with the same kind,
+default and choices, and the API key must stay a secret everywhere. The two plugin files
+are generated from the config schema; when they are older than it a test says which
+command regenerates them."""
 
 from __future__ import annotations
 
@@ -12,7 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
+from target_omnisend import plugin_definition
+from target_omnisend.config_schema import CONFIG_SCHEMA, OWN_SETTINGS
+from target_omnisend.errors import ConfigError
+from target_omnisend.settings import load_settings
 from tests.harness import REPO, TARGET_BIN
+
+REGENERATE = "run `make plugin-definition` (python -m target_omnisend.plugin_definition --write)"
 
 #: meltano.yml `kind` that fits each JSON-schema type of the target's config schema.
 KINDS = {
@@ -47,12 +55,41 @@ def schema(about_json: dict[str, Any]) -> dict[str, Any]:
     return about_json["settings"]["properties"]
 
 
-@pytest.fixture(scope="module")
-def plugin() -> dict[str, Any]:
-    project = yaml.safe_load((REPO / "meltano.yml").read_text(encoding="utf-8"))
-    loaders = [p for p in project["plugins"]["loaders"] if p["name"] == "target-omnisend"]
+@pytest.fixture(scope="module", params=["meltano.yml", "plugin/target-omnisend.yml"])
+def plugin(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The loader as this repository's meltano.yml declares it, and as users add it."""
+    document = yaml.safe_load((REPO / request.param).read_text(encoding="utf-8"))
+    if request.param != "meltano.yml":
+        return document
+    loaders = [p for p in document["plugins"]["loaders"] if p["name"] == "target-omnisend"]
     assert len(loaders) == 1
     return loaders[0]
+
+
+def test_the_plugin_definition_file_is_generated_from_the_current_schema() -> None:
+    text = (REPO / plugin_definition.HUB_FILE).read_text(encoding="utf-8")
+    assert text == plugin_definition.render_hub_file(), (
+        f"{plugin_definition.HUB_FILE} is stale: {REGENERATE}"
+    )
+
+
+def test_meltano_yml_loader_is_generated_from_the_current_schema() -> None:
+    text = (REPO / plugin_definition.PROJECT_FILE).read_text(encoding="utf-8")
+    assert text == plugin_definition.splice_project_file(text), (
+        f"meltano.yml is stale: {REGENERATE}"
+    )
+
+
+def test_the_plugin_definition_has_what_meltano_hub_needs() -> None:
+    hub = yaml.safe_load((REPO / plugin_definition.HUB_FILE).read_text(encoding="utf-8"))
+    for key in ("name", "namespace", "variant", "pip_url", "executable", "capabilities"):
+        assert hub[key], key
+    for key in ("keywords", "settings", "settings_group_validation", "repo", "docs"):
+        assert hub[key], key
+    assert hub["settings_group_validation"] == [["api_key"]]
+    assert hub["pip_url"] == "target-omnisend"  # the PyPI distribution, not a checkout path
+    unlabelled = [s["name"] for s in hub["settings"] if not (s.get("label") and s.get("kind"))]
+    assert unlabelled == []
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +148,9 @@ def test_about_markdown_lists_every_setting(
 def test_meltano_yml_declares_exactly_the_target_settings(
     schema: dict[str, Any], meltano_settings: dict[str, dict[str, Any]]
 ) -> None:
-    assert sorted(set(schema) - set(meltano_settings)) == [], "missing from meltano.yml"
-    assert sorted(set(meltano_settings) - set(schema)) == [], "unknown to the target"
+    missing = sorted(set(schema) - set(meltano_settings))
+    assert missing == [], f"missing from the plugin definition: {REGENERATE}"
+    assert sorted(set(meltano_settings) - set(schema)) == [], f"unknown to the target: {REGENERATE}"
     undescribed = [n for n, s in meltano_settings.items() if not s.get("description")]
     assert undescribed == []
 
@@ -155,3 +193,43 @@ def test_meltano_yml_capabilities_match_the_target(
     assert sorted(plugin["capabilities"]) == sorted(about_json["capabilities"])
     assert plugin["namespace"] == "target_omnisend"
     assert plugin["executable"] == "target-omnisend"
+
+
+def _ours() -> dict[str, Any]:
+    return {n: CONFIG_SCHEMA["properties"][n] for n in OWN_SETTINGS}
+
+
+def test_load_settings_takes_every_default_from_the_schema() -> None:
+    settings = load_settings({"api_key": "k"})
+    checked = []
+    for name, prop in _ours().items():
+        if "default" not in prop:
+            continue
+        holder = settings if hasattr(settings, name) else settings.mapping
+        if hasattr(holder, name):
+            assert getattr(holder, name) == prop["default"], name
+            checked.append(name)
+    assert settings.generation.name == _ours()["api_version"]["default"]
+    assert len(checked) >= 20, checked
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, p in _ours().items() if "minimum" in p or "maximum" in p]
+)
+def test_load_settings_enforces_the_range_the_schema_declares(name: str) -> None:
+    prop = _ours()[name]
+    low, high = prop["minimum"], prop["maximum"]
+    assert load_settings({"api_key": "k", name: low}) and load_settings(
+        {"api_key": "k", name: high}
+    )
+    for bad in (low - 1, high + 1):
+        with pytest.raises(ConfigError, match=f"^{name} must be a number from"):
+            load_settings({"api_key": "k", name: bad})
+    assert f"to {high:,}" in prop["description"] or f"to {high:g}" in prop["description"]
+
+
+@pytest.mark.parametrize("name", [n for n, p in _ours().items() if "enum" in p])
+def test_load_settings_accepts_exactly_the_schema_choices(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} must be one of"):
+        load_settings({"api_key": "k", name: "no-such-choice"})
+    assert load_settings({"api_key": "k", name: _ours()[name]["default"]})

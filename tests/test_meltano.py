@@ -1,19 +1,24 @@
-"""`meltano run tap-jsonl target-omnisend` as a user runs it, against the local server.
+"""Meltano as users run it, against the local server: this repository's meltano.yml, and a
+newcomer's fresh project built with the README's Meltano commands, run exactly as
+written.
 
 Meltano lives in its own venv (its pins clash with ours); `make test` points
-MELTANO_BIN at it. The plugins are custom definitions in meltano.yml, so this works
-offline from Meltano Hub.
+MELTANO_BIN at it. Every plugin comes from a definition file, so this works offline
+from Meltano Hub (PyPI is reachable).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from target_omnisend.plugin_definition import full_schema
 from tests.conftest import API_KEY
 from tests.harness import REPO, read_jsonl, sample_records, stored_email
 from tests.omnisend_server import OmnisendServer
@@ -61,3 +66,83 @@ def test_meltano_run_delivers_the_sample_segment(server: OmnisendServer, tmp_pat
     rejected = read_jsonl(rejected_path)
     assert len(records) == len(stored) + len(rejected) + 1  # one duplicate merged
     assert API_KEY not in output
+
+
+#: The line before a README code block that holds Meltano commands a user types.
+MARKER = "<!-- meltano-commands:"
+
+
+def readme_code_blocks() -> list[tuple[str, str]]:
+    """(line before the fence, body) of every fenced code block of the README."""
+    blocks, body, before, previous = [], None, "", ""
+    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            if body is None:
+                body, before = [], previous
+            else:
+                blocks.append((before, "\n".join(body) + "\n"))
+                body = None
+        elif body is not None:
+            body.append(line)
+        previous = line
+    return blocks
+
+
+def readme_meltano_blocks() -> list[str]:
+    return [body for before, body in readme_code_blocks() if before.startswith(MARKER)]
+
+
+def test_every_readme_code_block_with_a_meltano_command_is_run_by_the_newcomer_test() -> None:
+    unmarked = [
+        body
+        for before, body in readme_code_blocks()
+        if re.search(r"^meltano ", body, re.M) and not before.startswith(MARKER)
+    ]
+    assert unmarked == [], (
+        f"README code blocks with meltano commands but no {MARKER} … --> line before them, "
+        "so no test runs them"
+    )
+    assert len(readme_meltano_blocks()) >= 2
+
+
+def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
+    server: OmnisendServer, tmp_path: Path
+) -> None:
+    """A fresh `meltano init` project, the loader added with one command from the plugin
+    definition in the checkout, configured and run: the README's commands, as written."""
+    script = "set -euo pipefail -v\n" + "\n".join(readme_meltano_blocks())
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PATH": f"{Path(str(MELTANO)).parent}{os.pathsep}{os.environ['PATH']}",
+            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "CHECKOUT": str(REPO),
+            "OMNISEND_API_KEY": API_KEY,
+            # the one thing a real user does not set: the local server instead of Omnisend
+            "TARGET_OMNISEND_API_URL": server.url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+    records = sample_records()
+    assert {stored_email(c) for c in server.contacts()} == expected_emails(records)
+    assert API_KEY not in proc.stdout + proc.stderr
+    project = tmp_path / "my-segments"
+    assert API_KEY not in (project / "meltano.yml").read_text()
+    assert API_KEY in (project / ".env").read_text()
+    # `meltano invoke target-omnisend --about --format=markdown` lists every setting
+    for name in full_schema()["properties"]:
+        assert f"| {name} |" in proc.stdout, f"{name} missing from meltano invoke --about"
+    # the nightly schedule is there, and its job ran: the second run found nothing new
+    meltano_yml = yaml.safe_load((project / "meltano.yml").read_text())
+    [schedule] = meltano_yml["schedules"]
+    assert (schedule["job"], schedule["interval"]) == ("omnisend-segments", "@daily")
+    unchanged = re.findall(r"Summary for stream 'vip_buyers'.*?unchanged=(\d+)", proc.stderr)
+    assert len(unchanged) == 2 and int(unchanged[0]) == 0
+    assert int(unchanged[1]) == len(expected_emails(records)), unchanged
