@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from target_omnisend.api import DEFAULT_API_URL, GENERATIONS, ApiGeneration
+from target_omnisend.api import DEFAULT_API_URL, GENERATIONS, LATEST_VERSION, ApiGeneration
 from target_omnisend.errors import ConfigError
 from target_omnisend.mapping import EMAIL_STATUSES, STANDARD_ATTRIBUTES, MappingConfig
 
 MAX_BATCH_SIZE = 100
 MAX_TAGS = 100
 DEFAULT_SEGMENT_TAG = "segment:{stream_name}"
+#: The saved segment's name when `segment_name` is not set (2026-03-15 only): the
+#: stream's name, as the user sees it after stream maps.
+DEFAULT_SEGMENT_NAME = "{stream_name}"
 DEFAULT_STORE = ".target-omnisend/fingerprints.sqlite"
 SYNC_MODES = ("upsert", "mirror")
 MIRROR_TRIGGERS = ("activate_version", "end_of_input")
@@ -58,6 +61,16 @@ class Settings:
     summary_path: str | None
     progress_interval: float
     state_interval: float
+    #: Template of the Omnisend saved segment's name per stream; "" = no segments.
+    segment_name: str = ""
+    #: Per-stream names (stream name after stream maps -> name template; "" = none).
+    segment_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    segment_overwrite: bool = False
+
+    def segment_name_for(self, stream: str) -> str:
+        """The saved segment's name for a stream ("" = none)."""
+        template = self.segment_names.get(stream, self.segment_name)
+        return template.format(stream_name=stream).strip() if template else ""
 
     def tags_for(self, stream: str) -> tuple[str, ...]:
         """The segment tag of a stream plus the static tags, in a stable order (none on a
@@ -117,6 +130,47 @@ def _number(config: Mapping[str, Any], key: str, default: float, low: float, hig
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{key} must be a number from {low:g} to {high:g} (got {value!r})")
     return value
+
+
+def _template(value: Any, key: str) -> str:
+    """A name template: text with `{stream_name}` as its only placeholder."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be text (got {value!r})")
+    try:
+        value.format(stream_name="s")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"{key} may only use {{stream_name}} as a placeholder (got {value!r})"
+        ) from exc
+    return value
+
+
+def segment_names(
+    config: Mapping[str, Any], version: str, segment_tag: str
+) -> tuple[str, dict[str, str]]:
+    """`segment_name` and its per-stream overrides. Unset, the name defaults to the
+    stream's name on 2026-03-15 (the segment is the point of a segment export) and to
+    none on v5 (no segments resource) or without a segment tag (nothing to follow):
+    only a user who asks for a segment that cannot exist is refused."""
+    explicit = config.get("segment_name")
+    overrides = config.get("segment_names") or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError("segment_names must map stream names to segment names")
+    names = {str(k): _template(v, f"segment_names.{k}") for k, v in overrides.items()}
+    asked = (explicit is not None and explicit != "") or any(names.values())
+    supported = version == LATEST_VERSION
+    if asked and not supported:
+        raise ConfigError(
+            f"segment_name needs api_version {LATEST_VERSION}: Omnisend {version} has no "
+            "segments resource (set segment_name to '' or remove it)"
+        )
+    if asked and not segment_tag:
+        raise ConfigError(
+            "segment_name needs a segment_tag: the segment's rule is 'tags any of the segment tag'"
+        )
+    if explicit is None:
+        explicit = DEFAULT_SEGMENT_NAME if supported and segment_tag else ""
+    return _template(explicit, "segment_name"), names
 
 
 def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
@@ -190,6 +244,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
                 f"segment tag, and Omnisend {version} has no tags endpoint"
             )
     max_concurrency = int(_number(config, "max_concurrency", 4, 1, 32))
+    segment_name, per_stream_names = segment_names(config, version, segment_tag)
     return Settings(
         api_key=api_key.strip(),
         api_url=check_api_url(config.get("api_url") or DEFAULT_API_URL),
@@ -218,4 +273,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         summary_path=config.get("summary_path") or None,
         progress_interval=_number(config, "progress_interval", 30.0, 0, 86_400),
         state_interval=_number(config, "state_interval", 60.0, 0.1, 86_400),
+        segment_name=segment_name,
+        segment_names=per_stream_names,
+        segment_overwrite=bool(config.get("segment_overwrite", False)),
     )
