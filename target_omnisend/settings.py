@@ -210,13 +210,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         send_welcome_message=bool(config.get("send_welcome_message", False)),
         run_started_at=started,
     )
-    segment_tag = config.get("segment_tag", DEFAULT_SEGMENT_TAG) or ""
-    try:
-        segment_tag.format(stream_name="s")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"segment_tag may only use {{stream_name}} as a placeholder (got {segment_tag!r})"
-        ) from exc
+    segment_tag = _template(config.get("segment_tag", DEFAULT_SEGMENT_TAG) or "", "segment_tag")
     tags = tuple(dict.fromkeys(str(t).strip() for t in config.get("tags") or [] if str(t).strip()))
     if len(tags) + 1 > MAX_TAGS:
         raise ConfigError(f"tags can hold at most {MAX_TAGS - 1} tags (got {len(tags)})")
