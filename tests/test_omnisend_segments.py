@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from target_omnisend.api import SavedSegment, is_tag_rule
+from target_omnisend.segments import decide, pick
 from tests.conftest import API_KEY
 from tests.harness import read_jsonl, run_target, segment_messages, stored_email
 from tests.omnisend_server import FaultRule, OmnisendServer
@@ -447,3 +449,61 @@ def test_the_key_never_reaches_the_segment_logs(
     log = run_ok(seg_config, segment_messages(members(0, 3)), tmp_path)
     assert API_KEY not in log and "member0@example.com" not in log
     assert API_KEY not in Path(seg_config["summary_path"]).read_text()
+
+
+# -- the pure decisions, for shapes the local server does not produce -----------------
+
+
+def _flt(**overrides: Any) -> dict[str, Any]:
+    return {"operator": "anyOf", "property": "tags", "value": [TAG], **overrides}
+
+
+@pytest.mark.parametrize(
+    ("groups", "follows"),
+    [
+        (rule(TAG), True),
+        # Plausible echoes Omnisend does not document: junction dropped, ids and defaults
+        # added, the entity left implicit.
+        ([{"conditions": [{"entity": "contact", "filters": [_flt()]}]}], True),
+        ([{"id": "g1", "conditions": [{"junction": "or", "filters": [_flt(id="f1")]}]}], True),
+        ([{"conditions": [{"entity": "contact", "filters": [_flt(value=[TAG, TAG])]}]}], True),
+        # Another rule: never taken for ours.
+        (rule("segment:other"), False),
+        ([{"conditions": [{"entity": "contact", "filters": [_flt(operator="noneOf")]}]}], False),
+        ([{"conditions": [{"entity": "contact", "filters": [_flt(value=[TAG, "x"])]}]}], False),
+        ([{"conditions": [{"entity": "contact", "filters": [_flt(property="tag")]}]}], False),
+        ([{"conditions": [{"entity": "event", "filters": [_flt()]}]}], False),
+        (rule(TAG) + rule("segment:other"), False),
+        ([{"conditions": [{"filters": [_flt(), _flt(value=["x"])]}]}], False),
+        ([], False),
+        (None, False),
+        ([{"conditions": ["not an object"]}], False),
+    ],
+)
+def test_a_rule_follows_the_tag_by_meaning_not_by_text(groups: Any, follows: bool) -> None:
+    assert is_tag_rule(groups, TAG) is follows
+
+
+def _segment(segment_id: str, created_at: str, tag: str) -> SavedSegment:
+    return SavedSegment(segment_id, "VIP", rule(tag), "ready", created_at)
+
+
+def test_pick_prefers_the_tag_then_the_oldest_then_the_smallest_id() -> None:
+    foreign = _segment("0" * 24, "2026-01-01T00:00:00.000Z", "other")
+    old = _segment("b" * 24, "2026-02-01T00:00:00.000Z", TAG)
+    same_time = _segment("a" * 24, "2026-02-01T00:00:00.000Z", TAG)
+    newer = _segment("1" * 24, "2026-03-01T00:00:00.000Z", TAG)
+    for order in ([foreign, old, same_time, newer], [newer, same_time, old, foreign]):
+        assert pick(order, TAG) == same_time
+    assert pick([foreign], TAG) == foreign and pick([], TAG) is None
+
+
+def test_decide_never_takes_over_a_segment_it_did_not_make() -> None:
+    ours = _segment("a" * 24, "2026-02-01T00:00:00.000Z", "old-tag")
+    assert decide(None, TAG, None, overwrite=False) == "create"
+    assert decide(ours, "old-tag", None, overwrite=False) == "keep"
+    assert decide(ours, TAG, "old-tag", overwrite=False) == "replace"  # made it, untouched
+    assert decide(ours, TAG, None, overwrite=False) == "foreign"
+    assert decide(ours, TAG, "", overwrite=False) == "foreign"  # adopted, not made
+    assert decide(ours, TAG, "third-tag", overwrite=False) == "foreign"  # edited since
+    assert decide(ours, TAG, None, overwrite=True) == "replace"
