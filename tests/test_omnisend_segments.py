@@ -151,6 +151,16 @@ def test_per_stream_names_win_over_the_template(
     assert tagged(server, "segment:bronze_tier") == 4  # no segment, still tagged
 
 
+def test_a_stream_renamed_by_a_stream_map_names_its_segment(
+    server: OmnisendServer, seg_config: dict[str, Any], tmp_path: Path
+) -> None:
+    seg_config["stream_maps"] = {"public-vip_buyers": {"__alias__": "vip_eu"}}
+    run_ok(seg_config, segment_messages(members(0, 3), stream="public-vip_buyers"), tmp_path)
+    [segment] = server.segments()
+    assert segment["name"] == "vip_eu"
+    assert segment["conditionGroups"] == rule("segment:vip_eu")
+
+
 def test_a_foreign_segment_with_the_same_name_and_another_rule_is_not_touched(
     server: OmnisendServer, seg_config: dict[str, Any], tmp_path: Path
 ) -> None:
