@@ -403,7 +403,11 @@ class TargetOmnisend(Target):
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """Not the SDK's drain-and-STATE: a cancel must not checkpoint records in hand."""
         del frame
-        self.pipeline.cancel(signum)
+        pipeline: RunPipeline | None = getattr(self, "pipeline", None)
+        if pipeline is None:  # still starting up: nothing was read, nothing to undo
+            self._exit("Run cancelled before it started; nothing was sent", code=128 + signum)
+        else:
+            pipeline.cancel(signum)
 
     # -- one clear line instead of a traceback -----------------------------------------
 
