@@ -84,11 +84,13 @@ def plan_segments(
 ) -> tuple[list[SegmentPlan], list[str]]:
     """Pure: one segment per distinct tag, since streams that write one tag share its
     members. It takes the name of the first stream (by name) that has one; if the
-    streams name it differently, a warning says which name won."""
+    streams name it differently, a warning says which name won. One name for several
+    tags (a template without `{stream_name}`) goes to the first tag only, with a
+    warning: else each run would turn the one segment from one tag to the next."""
     by_tag: dict[str, list[str]] = {}
     for stream, tag in sorted(tags.items()):
         by_tag.setdefault(tag, []).append(stream)
-    plans: list[SegmentPlan] = []
+    plans: dict[str, SegmentPlan] = {}
     warnings: list[str] = []
     for tag, streams in by_tag.items():
         names = {stream: name_for(stream) for stream in streams}
@@ -103,8 +105,16 @@ def plan_segments(
                 f"Omnisend segment, named '{name}' (not {', '.join(repr(o) for o in others)}); "
                 "give them one name in segment_names to choose it"
             )
-        plans.append(SegmentPlan(name, tag, tuple(streams)))
-    return plans, warnings
+        taken = plans.get(name)
+        if taken is not None:
+            warnings.append(
+                f"Omnisend segment '{name}' would follow both tag '{taken.tag}' and tag "
+                f"'{tag}'; it follows '{taken.tag}' only, stream(s) {', '.join(streams)} get "
+                "no segment (use {stream_name} in segment_name, or segment_names)"
+            )
+            continue
+        plans[name] = SegmentPlan(name, tag, tuple(streams))
+    return list(plans.values()), warnings
 
 
 def pick(candidates: Sequence[SavedSegment], tag: str) -> SavedSegment | None:

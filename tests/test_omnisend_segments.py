@@ -277,6 +277,25 @@ def test_streams_sharing_a_tag_share_one_segment(
     assert "share one Omnisend segment" not in log
 
 
+def test_one_name_for_several_tags_goes_to_the_first_tag_only(
+    server: OmnisendServer, seg_config: dict[str, Any], tmp_path: Path
+) -> None:
+    seg_config["segment_name"] = "Tiers"
+    data = (DATA / "segments" / "three_tiers.singer").read_bytes()
+    calls = SegmentCalls(server)
+    log = run_ok(seg_config, data, tmp_path)
+    [segment] = server.segments()
+    assert segment["name"] == "Tiers"
+    assert segment["conditionGroups"] == rule("segment:bronze_tier")  # streams by name
+    warnings = [line for line in log.splitlines() if "would follow both" in line]
+    assert len(warnings) == 2 and all("WARNING" in line for line in warnings)
+    assert [c[0] for c in writes(calls.take())] == ["POST"]
+    run_ok(seg_config, data, tmp_path)  # and it does not flip between the tags
+    assert writes(calls.take()) == [] and server.segments()[0]["conditionGroups"] == rule(
+        "segment:bronze_tier"
+    )
+
+
 def test_mirror_run_statistics_count_the_members_after_removals(
     server: OmnisendServer, seg_config: dict[str, Any], tmp_path: Path
 ) -> None:
