@@ -181,7 +181,8 @@ class SegmentKeeper:
             result.action = "skipped"
             result.reason = f"the name is longer than Omnisend's {MAX_SEGMENT_NAME} characters"
             return
-        segment, made_for = self._remembered(plan.name)
+        segment, made_for = self._remembered(plan)
+        remembered = segment is not None
         if segment is None:
             segment = self._by_name(plan)
         verdict = decide(segment, plan.tag, made_for, self.overwrite)
@@ -204,26 +205,32 @@ class SegmentKeeper:
             result.action = "unchanged"
         else:
             result.action = f"{verb}d" if self.writer.sends else f"would_{verb}"
-        if segment is not None:
-            result.segment_id = segment.segment_id
-            # The tag is remembered only for a segment the target wrote (or wrote before):
-            # only such a one may later follow a changed segment_tag by itself.
-            ours = verb is not None or made_for == plan.tag
-            self._remember(plan.name, segment.segment_id, plan.tag if ours else "")
+        if segment is None:
+            return
+        result.segment_id = segment.segment_id
+        if verb is not None:
+            # Written by the target: only such a segment may later follow a changed
+            # segment_tag by itself.
+            self._remember(plan, segment.segment_id, plan.tag)
+        elif not remembered:
+            self._remember(plan, segment.segment_id, "")  # where it is, not that it is ours
 
     # -- finding ----------------------------------------------------------------------
 
-    def _remembered(self, name: str) -> tuple[SavedSegment | None, str | None]:
-        known = self.store.saved_segment(name) if self.store is not None else None
+    def _remembered(self, plan: SegmentPlan) -> tuple[SavedSegment | None, str | None]:
+        """The segment the store remembers under this name, and the tag the target wrote
+        its rule for — only if it was written for one of these streams: another pipeline
+        sharing the store and the name must not turn it to its own tag."""
+        known = self.store.saved_segment(plan.name) if self.store is not None else None
         if known is None or self.store is None:
             return None, None
-        segment_id, made_for = known
+        segment_id, made_for, streams = known
         segment = self.client.get_segment(segment_id)
-        if segment is None or segment.name != name:
+        if segment is None or segment.name != plan.name:
             # Deleted or renamed in Omnisend: it no longer stands for this name.
-            self.store.forget_segment(name)
+            self.store.forget_segment(plan.name)
             return None, None
-        return segment, made_for
+        return segment, made_for if set(streams) & set(plan.streams) else None
 
     def _list(self, *, fresh: bool = False) -> list[SavedSegment]:
         if self._listing is None or fresh:
@@ -287,9 +294,9 @@ class SegmentKeeper:
         time.sleep(self.building_wait)
         return self.writer.replace_segment(segment.segment_id, body)
 
-    def _remember(self, name: str, segment_id: str, made_for: str) -> None:
+    def _remember(self, plan: SegmentPlan, segment_id: str, made_for: str) -> None:
         if self.store is not None:
-            self.store.remember_segment(name, segment_id, made_for)
+            self.store.remember_segment(plan.name, segment_id, made_for, plan.streams)
 
     # -- reporting --------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS mirror_absences (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS saved_segments (
     scope TEXT NOT NULL, name TEXT NOT NULL, segment_id TEXT NOT NULL, tag TEXT NOT NULL,
-    PRIMARY KEY (scope, name)
+    streams TEXT NOT NULL, PRIMARY KEY (scope, name)
 ) WITHOUT ROWID;
 """
 
@@ -257,24 +257,27 @@ class FingerprintStore:
 
     # -- saved segments -----------------------------------------------------------------
 
-    def saved_segment(self, name: str) -> tuple[str, str] | None:
-        """(segmentID, tag its rule was made for) of the segment this account's runs made
-        under `name`, if any."""
+    def saved_segment(self, name: str) -> tuple[str, str, tuple[str, ...]] | None:
+        """(segmentID, tag the target wrote its rule for or "", streams) of the segment
+        this account's runs keep under `name`, if any."""
         with self._lock:
             try:
                 row = self._db.execute(
-                    "SELECT segment_id, tag FROM saved_segments WHERE scope = ? AND name = ?",
+                    "SELECT segment_id, tag, streams FROM saved_segments "
+                    "WHERE scope = ? AND name = ?",
                     (self.scope, name),
                 ).fetchone()
             except sqlite3.OperationalError:  # a read-only store from before the table
                 return None
-        return (row[0], row[1]) if row else None
+        return (row[0], row[1], tuple(row[2].split("\0"))) if row else None
 
-    def remember_segment(self, name: str, segment_id: str, tag: str) -> None:
+    def remember_segment(
+        self, name: str, segment_id: str, tag: str, streams: Sequence[str]
+    ) -> None:
         with self._lock, self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO saved_segments VALUES (?, ?, ?, ?)",
-                (self.scope, name, segment_id, tag),
+                "INSERT OR REPLACE INTO saved_segments VALUES (?, ?, ?, ?, ?)",
+                (self.scope, name, segment_id, tag, "\0".join(streams)),
             )
 
     def forget_segment(self, name: str) -> None:
@@ -323,8 +326,10 @@ class ReadOnlyStore(FingerprintStore):
     def record_absences(self, tag: str, counts: dict[str, int], run_id: str) -> None:
         del tag, counts, run_id
 
-    def remember_segment(self, name: str, segment_id: str, tag: str) -> None:
-        del name, segment_id, tag
+    def remember_segment(
+        self, name: str, segment_id: str, tag: str, streams: Sequence[str]
+    ) -> None:
+        del name, segment_id, tag, streams
 
     def forget_segment(self, name: str) -> None:
         del name

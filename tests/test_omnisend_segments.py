@@ -227,6 +227,22 @@ def test_a_segment_the_target_made_follows_a_changed_segment_tag(
     assert summary(seg_config)["segments"][0]["action"] == "updated"
 
 
+def test_another_pipeline_sharing_the_store_and_the_name_does_not_take_it_over(
+    server: OmnisendServer, seg_config: dict[str, Any], tmp_path: Path
+) -> None:
+    seg_config["segment_name"] = "VIP"
+    calls = SegmentCalls(server)
+    run_ok(seg_config, segment_messages(members(0, 3), stream="vip_eu"), tmp_path)
+    [made] = server.segments()
+    eventually(lambda: server.segments()[0]["status"] == "ready")
+    log = run_ok(seg_config, segment_messages(members(3, 6), stream="vip_us"), tmp_path)
+    assert "has another rule and is left alone" in log
+    run_ok(seg_config, segment_messages(members(0, 3), stream="vip_eu"), tmp_path)
+    assert [c[0] for c in writes(calls.take())] == ["POST"]  # never a PUT back and forth
+    assert server.segments()[0]["conditionGroups"] == rule("segment:vip_eu")
+    assert server.segments()[0]["segmentID"] == made["segmentID"]
+
+
 def test_a_segment_deleted_in_omnisend_is_made_again(
     server: OmnisendServer, seg_config: dict[str, Any], tmp_path: Path
 ) -> None:
