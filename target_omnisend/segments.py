@@ -21,6 +21,7 @@ are confirmed and STATE emitted before it starts, so every problem becomes one w
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class SegmentKeeper:
                 f"the API key lacks the '{exc.scope}' scope; add it to the key in Omnisend "
                 "(contacts and tags were delivered), or set segment_name to '' to stop trying"
             )
-        except (DeliveryError, RequestRefused) as exc:
+        except (DeliveryError, RequestRefused, sqlite3.Error) as exc:
             result.action = "failed"
             result.reason = f"{exc}; left as it is, the next run tries again"
         if result.segment_id:
