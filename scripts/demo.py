@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,20 @@ from tests.harness import (
     stored_email,
 )
 from tests.omnisend_server import OmnisendServer
+
+
+def settled_members(server: OmnisendServer, segment_id: str, wait: float = 3.0) -> int:
+    """The segment's statistics once the run's tag calls (asynchronous in Omnisend, and
+    in the local server) have been applied: the count stops changing."""
+    deadline = time.monotonic() + wait
+    count = server.segment_members(segment_id)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        latest = server.segment_members(segment_id)
+        if latest == count:
+            return count
+        count = latest
+    return count
 
 
 def main() -> int:
@@ -40,6 +55,7 @@ def main() -> int:
         run = run_target(config, segment_messages(records), workdir=workdir)
         contacts = server.contacts()
         rejected = read_jsonl(workdir / "rejected.jsonl")
+        segments = [(s, settled_members(server, s["segmentID"])) for s in server.segments()]
 
     print(f"\nExit code: {run.returncode}")
     print(f"Delivered to Omnisend: {len(contacts)} contacts")
@@ -55,6 +71,21 @@ def main() -> int:
     for code, count in Counter(r["code"] for r in rejected).most_common():
         example = next(r["reason"] for r in rejected if r["code"] == code)
         print(f"  {count:3} x {code}: e.g. {example}")
+    print("\nSaved segments in Omnisend (Audience → Segments):")
+    for segment, members in segments:
+        tags = [
+            tag
+            for group in segment["conditionGroups"]
+            for condition in group["conditions"]
+            for flt in condition["filters"]
+            for tag in flt["value"]
+        ]
+        print(
+            f"  '{segment['name']}' (id {segment['segmentID']}): contacts tagged any of {tags}, "
+            f"{members} member(s) by its statistics"
+        )
+    if not segments:
+        print("  none")
     print(f"\nSTATE emitted after delivery: {run.states[-1] if run.states else 'none'}")
     summary = [line for line in run.stderr.splitlines() if "Summary for stream" in line]
     for line in summary:

@@ -78,3 +78,70 @@ def problem_summary(payload: Any, status: int) -> str:
             text = "; ".join(map(str, messages)) if isinstance(messages, list) else str(messages)
             parts.append(f"{field}: {text}")
     return " — ".join(parts) if parts else f"HTTP {status}"
+
+
+# -- saved segments (2026-03-15 only; v5 has no segments resource) ---------------------
+
+#: Omnisend's limit on a segment's name.
+MAX_SEGMENT_NAME = 256
+
+
+def tag_segment_body(name: str, tag: str) -> dict[str, Any]:
+    """POST/PUT body of the documented rule "contacts whose tags are any of [tag]": the
+    segment follows the tag the target already maintains, mirror removals included."""
+    flt = {"operator": "anyOf", "property": "tags", "value": [tag]}
+    conditions = [{"entity": "contact", "junction": "and", "filters": [flt]}]
+    return {"name": name, "conditionGroups": [{"conditions": conditions}]}
+
+
+def is_tag_rule(condition_groups: Any, tag: str) -> bool:
+    """Does a segment's rule select exactly the contacts tagged `tag`? Compared by meaning,
+    not by text: Omnisend may echo a rule with fields added (ids, defaults) or omitted
+    (`junction` of a single filter), which is not documented either way."""
+    if not isinstance(condition_groups, list) or len(condition_groups) != 1:
+        return False
+    group = condition_groups[0]
+    conditions = group.get("conditions") if isinstance(group, dict) else None
+    if not isinstance(conditions, list) or len(conditions) != 1:
+        return False
+    condition = conditions[0]
+    if not isinstance(condition, dict) or condition.get("entity", "contact") != "contact":
+        return False
+    filters = condition.get("filters")
+    if not isinstance(filters, list) or len(filters) != 1 or not isinstance(filters[0], dict):
+        return False
+    flt = filters[0]
+    value = flt.get("value")
+    return (
+        flt.get("operator") == "anyOf"
+        and flt.get("property") == "tags"
+        and isinstance(value, list)
+        and set(value) == {tag}
+    )
+
+
+@dataclass(frozen=True)
+class SavedSegment:
+    """The fields of an Omnisend segment object the target decides on."""
+
+    segment_id: str
+    name: str
+    condition_groups: Any
+    status: str
+    created_at: str
+
+    @classmethod
+    def from_wire(cls, payload: Any) -> SavedSegment | None:
+        """None for anything without a `segmentID` (the id field is not `id`)."""
+        if not isinstance(payload, dict) or not payload.get("segmentID"):
+            return None
+        return cls(
+            segment_id=str(payload["segmentID"]),
+            name=str(payload.get("name") or ""),
+            condition_groups=payload.get("conditionGroups"),
+            status=str(payload.get("status") or ""),
+            created_at=str(payload.get("createdAt") or ""),
+        )
+
+    def follows(self, tag: str) -> bool:
+        return is_tag_rule(self.condition_groups, tag)

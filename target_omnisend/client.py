@@ -7,6 +7,7 @@ are upserts keyed by email and tag writes are set operations.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -21,8 +22,14 @@ import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
 
-from target_omnisend.api import ApiGeneration, problem_summary
-from target_omnisend.errors import AuthenticationError, DeliveryError, FatalAPIError
+from target_omnisend.api import ApiGeneration, SavedSegment, problem_summary
+from target_omnisend.errors import (
+    AmbiguousWrite,
+    AuthenticationError,
+    DeliveryError,
+    FatalAPIError,
+    MissingScope,
+)
 from target_omnisend.privacy import redact
 from target_omnisend.ratelimit import RateLimits
 
@@ -122,11 +129,14 @@ class OmnisendClient:
         raw: bytes | None = None,
         group: str = "default",
         url: str | None = None,
+        idempotent: bool = True,
     ) -> Any:
         """Send one request with pacing and retries; return its parsed JSON body.
 
         Raises `RequestRefused` for a 4xx about the payload, `AuthenticationError` for a
-        refused key, `DeliveryError` when the retry budget is spent.
+        refused key, `DeliveryError` when the retry budget is spent. A write that is not
+        `idempotent` is never repeated after a failure that may have applied it (timeout,
+        reset, 5xx): `AmbiguousWrite` instead, so the caller can look first.
         """
         target = url or f"{self.root}{path}"
         data = raw
@@ -198,6 +208,8 @@ class OmnisendClient:
                     raise RequestRefused(
                         status, redact(problem_summary(payload, status), self._api_key)
                     )
+            if not idempotent:
+                raise AmbiguousWrite(f"{method} {path}: {redact(last_problem, self._api_key)}")
             failures += 1
             if failures > self.max_retries:
                 raise DeliveryError(
@@ -279,20 +291,72 @@ class OmnisendClient:
     def remove_tags(self, tags: list[str], emails: list[str]) -> None:
         self.call("DELETE", "/contacts/tags", body={"tags": tags, "emails": emails}, group="tags")
 
-    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        payload = self.call("GET", path, params=params) or {}
+    def _pages(
+        self, path: str, key: str, params: dict[str, Any], group: str = "default"
+    ) -> Iterator[dict[str, Any]]:
+        payload = self.call("GET", path, params=params, group=group) or {}
         while True:
             yield from payload.get(key) or []
             following = self.generation.next_page(payload)
             if following is None:
                 return
             if isinstance(following, str):
-                payload = self.call("GET", path, url=following) or {}
+                payload = self.call("GET", path, url=following, group=group) or {}
             else:
-                payload = self.call("GET", path, params={**params, **following}) or {}
+                payload = self.call("GET", path, params={**params, **following}, group=group) or {}
+
+    # -- saved segments (2026-03-15): budgets of their own, 403 = a missing scope ------
+
+    def segments(self) -> Iterator[SavedSegment]:
+        """Every saved segment, 50 a page (the list has no name filter)."""
+        with _scope("segments.read"):
+            for payload in self._pages("/segments", "segments", {"limit": 50}, "segments_read"):
+                segment = SavedSegment.from_wire(payload)
+                if segment is not None:
+                    yield segment
+
+    def get_segment(self, segment_id: str) -> SavedSegment | None:
+        """None when Omnisend no longer has it (deleted by hand)."""
+        with _scope("segments.read"):
+            try:
+                payload = self.call("GET", f"/segments/{segment_id}", group="segments_read")
+            except RequestRefused as exc:
+                if exc.status in (400, 404):
+                    return None
+                raise
+        return SavedSegment.from_wire(payload)
+
+    def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
+        """POST once: without an idempotency key a repeat could create a duplicate."""
+        with _scope("segments.write"):
+            payload = self.call(
+                "POST", "/segments", body=body, group="segments_write", idempotent=False
+            )
+        return SavedSegment.from_wire(payload)
+
+    def replace_segment(self, segment_id: str, body: dict[str, Any]) -> SavedSegment | None:
+        """PUT is a full replace, safe to repeat (409 while building is retried)."""
+        with _scope("segments.write"):
+            payload = self.call("PUT", f"/segments/{segment_id}", body=body, group="segments_write")
+        return SavedSegment.from_wire(payload)
+
+    def segment_statistics(self, segment_id: str) -> dict[str, Any]:
+        with _scope("segments.read"):
+            path = f"/segments/{segment_id}/statistics"
+            return self.call("GET", path, group="segments_read") or {}
 
 
 _ENCODER = msgspec.json.Encoder()
+
+
+@contextlib.contextmanager
+def _scope(scope: str) -> Iterator[None]:
+    """A 401/403 on a segments call (after the key passed the contacts check) means the
+    key lacks that scope, not that the key is wrong."""
+    try:
+        yield
+    except AuthenticationError as exc:
+        raise MissingScope(scope) from exc
 
 
 def batch_body(payloads: list[str]) -> str:

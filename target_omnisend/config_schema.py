@@ -227,6 +227,35 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "endpoint: there the segment tag is skipped with a warning.",
     ),
     th.Property(
+        "segment_name",
+        th.StringType,
+        title="Omnisend segment name",
+        description="Name of the Omnisend saved segment kept for each stream (Audience → "
+        "Segments), whose rule is 'tags any of [the segment tag]', so it follows the tag "
+        "(mirror removals included); `{stream_name}` is replaced by the stream name (after "
+        "stream maps). Not set: `{stream_name}` on api_version 2026-03-15 with a segment_tag, "
+        "none otherwise. Empty: no segments. Found by the ID the fingerprint store remembers, "
+        "else by name; created if missing; a same-named segment with another rule is left "
+        "alone (see segment_overwrite). Needs the key scopes segments.read and "
+        "segments.write (without them: one warning, contacts still delivered). Refused on v5.",
+    ),
+    th.Property(
+        "segment_names",
+        th.ObjectType(additional_properties=th.StringType),
+        title="Omnisend segment names per stream",
+        description="Stream name (after stream maps) → segment name for that stream, "
+        "overriding segment_name (`{stream_name}` allowed; empty: no segment for it).",
+    ),
+    th.Property(
+        "segment_overwrite",
+        th.BooleanType,
+        default=False,
+        title="Overwrite same-named segments",
+        description="Replace the rule of an Omnisend segment that has the configured name but "
+        "another rule (a hand-made one too) so that it follows the segment tag. Off: such a "
+        "segment is left alone with one warning.",
+    ),
+    th.Property(
         "tags",
         th.ArrayType(th.StringType),
         title="Static tags",

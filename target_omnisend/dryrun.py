@@ -2,7 +2,8 @@
 
 `DryRunWriter` stands in for `OmnisendWriter`: everything up to the wire happens for
 real (mapping, validation, diffing against the fingerprint store, reading who carries a
-tag for the mirror preview), and every write becomes a line in the file. It never
+tag for the mirror preview, looking up saved segments), and every write — segment
+creations and rule updates included — becomes a line in the file. It never
 sends a write, and it says `sends = False`, so the pipeline emits no STATE.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from target_omnisend.api import SavedSegment
 from target_omnisend.client import OmnisendClient, batch_body
 from target_omnisend.delivery import TAG_CHUNK, Item, OutcomeSink, TagChunks
 from target_omnisend.errors import Cancelled
@@ -77,6 +79,14 @@ class DryRunWriter:
         for start in range(0, len(emails), TAG_CHUNK):
             chunk = emails[start : start + TAG_CHUNK]
             self._write("DELETE", "/contacts/tags", {"tags": [tag], "emails": chunk})
+
+    def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
+        self._write("POST", "/segments", body)
+        return None
+
+    def replace_segment(self, segment_id: str, body: dict[str, Any]) -> SavedSegment | None:
+        self._write("PUT", f"/segments/{segment_id}", body)
+        return None
 
     def cancel(self) -> None:
         self._cancelled = True

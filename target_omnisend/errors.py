@@ -36,3 +36,18 @@ class DeliveryError(FatalAPIError):
 class Cancelled(Exception):
     """The run was cancelled (SIGTERM/SIGINT): whatever waited gives up, nothing new is
     sent, and no STATE follows."""
+
+
+class AmbiguousWrite(DeliveryError):
+    """A write that is not safe to repeat (POST /segments: no idempotency key) timed out
+    or failed in a way that leaves open whether Omnisend applied it. The caller looks
+    before it writes again; the client never retries such a write blindly."""
+
+
+class MissingScope(FatalAPIError):
+    """Omnisend refused a call for want of an API-key scope (403), e.g. `segments.write`.
+    Contacts were delivered with the same key: only this optional feature is off."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"the API key lacks the '{scope}' scope")
+        self.scope = scope

@@ -37,6 +37,7 @@ from target_omnisend.outcomes import Outcomes
 from target_omnisend.progress import ProgressReporter
 from target_omnisend.ratelimit import RateLimits
 from target_omnisend.seen import SeenEmails
+from target_omnisend.segments import SegmentKeeper, plan_segments
 from target_omnisend.settings import Settings
 from target_omnisend.store import FingerprintStore, ReadOnlyStore, account_scope, fingerprint
 from target_omnisend.writer import OmnisendWriter, Writer
@@ -76,6 +77,8 @@ class RunPipeline:
         #: Mirror only: who was in this run, per segment tag.
         self._seen: dict[str, SeenEmails] = {}
         self._mirror_results: dict[str, dict[str, Any]] = {}
+        self._segment_results: list[dict[str, Any]] = []
+        self._segment_requests = 0
 
     @classmethod
     def start(cls, settings: Settings, logger: logging.Logger) -> RunPipeline:
@@ -249,10 +252,12 @@ class RunPipeline:
         return self.writer.sends
 
     def finish(self) -> None:
-        """End of input: the last checkpoint, mirror, then the summary."""
+        """End of input: the last checkpoint, mirror, the saved segments (once every tag
+        call is confirmed and every removal made), then the summary."""
         self.checkpoint()
         if self.settings.sync_mode == "mirror":
             self._mirror()
+        self._ensure_segments()
         self.writer.close()
         self.outcomes.close()
         if self.store is not None:
@@ -299,6 +304,25 @@ class RunPipeline:
                 confirm_runs=self.settings.mirror_confirm_runs,
                 logger=self.logger,
             )
+
+    def _ensure_segments(self) -> None:
+        """One Omnisend saved segment per segment tag of the run (see `segments.py`)."""
+        tags = {n: s.segment_tag for n, s in self._streams.items() if s.segment_tag}
+        plans, warnings = plan_segments(tags, self.settings.segment_name_for)
+        for warning in warnings:
+            self.logger.warning("%s", warning)
+        if not plans:
+            return
+        keeper = SegmentKeeper(
+            self.client,
+            self.writer,
+            self.store,
+            overwrite=self.settings.segment_overwrite,
+            logger=self.logger,
+        )
+        before = self.client.stats.requests
+        self._segment_results = [keeper.ensure(plan).as_dict() for plan in plans]
+        self._segment_requests = self.client.stats.requests - before
 
     def _mirror_refusal(self, names: list[str]) -> str | None:
         """Why the streams writing one tag cannot tell who left, if they cannot."""
@@ -351,6 +375,8 @@ class RunPipeline:
                 "polls": engine.polls if engine else 0,
                 "item_fetches": engine.items_fetches if engine else 0,
                 "mirror": self._mirror_results,
+                "segments": self._segment_results,
+                "segment_requests": self._segment_requests,
             }
             with open(self.settings.summary_path, "w", encoding="utf-8") as fh:
                 json.dump(summary, fh, indent=2)

@@ -84,6 +84,11 @@ class WindowLimiter:
             self._window_end = self._clock() + max(seconds, 0.0)
 
 
+#: Omnisend's own budgets for saved segments, per brand, apart from the 400/min backend.
+SEGMENT_WRITES_PER_MINUTE = 15
+SEGMENT_READS_PER_MINUTE = 100
+
+
 class RateLimits:
     """One limiter per Omnisend endpoint group: tags have their own, much lower limit."""
 
@@ -91,6 +96,8 @@ class RateLimits:
         self.groups = {
             "default": WindowLimiter(requests_per_minute),
             "tags": WindowLimiter(tags_requests_per_minute),
+            "segments_write": WindowLimiter(SEGMENT_WRITES_PER_MINUTE),  # POST/PUT /segments
+            "segments_read": WindowLimiter(SEGMENT_READS_PER_MINUTE),  # GET/DELETE /segments
         }
 
     def __getitem__(self, group: str) -> WindowLimiter:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from target_omnisend.api import GENERATIONS, ApiGeneration
+from target_omnisend.api import GENERATIONS, LATEST_VERSION, ApiGeneration
 from target_omnisend.config_schema import (
     DEFAULT_SEGMENT_TAG,
     DEFAULT_STORE,
@@ -44,6 +44,10 @@ __all__ = [
     "Settings",
     "load_settings",
 ]
+
+#: The saved segment's name when `segment_name` is not set (2026-03-15 only): the
+#: stream's name, as the user sees it after stream maps.
+DEFAULT_SEGMENT_NAME = "{stream_name}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,16 @@ class Settings:
     summary_path: str | None
     progress_interval: float
     state_interval: float
+    #: Template of the Omnisend saved segment's name per stream; "" = no segments.
+    segment_name: str = ""
+    #: Per-stream names (stream name after stream maps -> name template; "" = none).
+    segment_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    segment_overwrite: bool = False
+
+    def segment_name_for(self, stream: str) -> str:
+        """The saved segment's name for a stream ("" = none)."""
+        template = self.segment_names.get(stream, self.segment_name)
+        return template.format(stream_name=stream).strip() if template else ""
 
     def tags_for(self, stream: str) -> tuple[str, ...]:
         """The segment tag of a stream plus the static tags, in a stable order (none on a
@@ -161,6 +175,47 @@ def _path(config: Mapping[str, Any], key: str) -> str | None:
     return config.get(key, setting(key).get("default")) or None
 
 
+def _template(value: Any, key: str) -> str:
+    """A name template: text with `{stream_name}` as its only placeholder."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be text (got {value!r})")
+    try:
+        value.format(stream_name="s")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"{key} may only use {{stream_name}} as a placeholder (got {value!r})"
+        ) from exc
+    return value
+
+
+def segment_names(
+    config: Mapping[str, Any], version: str, segment_tag: str
+) -> tuple[str, dict[str, str]]:
+    """`segment_name` and its per-stream overrides. Unset, the name defaults to the
+    stream's name on 2026-03-15 (the segment is the point of a segment export) and to
+    none on v5 (no segments resource) or without a segment tag (nothing to follow):
+    only a user who asks for a segment that cannot exist is refused."""
+    explicit = config.get("segment_name")
+    overrides = config.get("segment_names") or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError("segment_names must map stream names to segment names")
+    names = {str(k): _template(v, f"segment_names.{k}") for k, v in overrides.items()}
+    asked = (explicit is not None and explicit != "") or any(names.values())
+    supported = version == LATEST_VERSION
+    if asked and not supported:
+        raise ConfigError(
+            f"segment_name needs api_version {LATEST_VERSION}: Omnisend {version} has no "
+            "segments resource (set segment_name to '' or remove it)"
+        )
+    if asked and not segment_tag:
+        raise ConfigError(
+            "segment_name needs a segment_tag: the segment's rule is 'tags any of the segment tag'"
+        )
+    if explicit is None:
+        explicit = DEFAULT_SEGMENT_NAME if supported and segment_tag else ""
+    return _template(explicit, "segment_name"), names
+
+
 def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
     api_key = config.get("api_key")
     if not isinstance(api_key, str) or not api_key.strip():
@@ -192,13 +247,9 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         send_welcome_message=bool(_default(config, "send_welcome_message")),
         run_started_at=started,
     )
-    segment_tag = config.get("segment_tag", setting("segment_tag")["default"]) or ""
-    try:
-        segment_tag.format(stream_name="s")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"segment_tag may only use {{stream_name}} as a placeholder (got {segment_tag!r})"
-        ) from exc
+    segment_tag = _template(
+        config.get("segment_tag", setting("segment_tag")["default"]) or "", "segment_tag"
+    )
     tags = tuple(dict.fromkeys(str(t).strip() for t in config.get("tags") or [] if str(t).strip()))
     if len(tags) + 1 > MAX_TAGS:
         raise ConfigError(f"tags can hold at most {MAX_TAGS - 1} tags (got {len(tags)})")
@@ -220,6 +271,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
                 f"segment tag, and Omnisend {version} has no tags endpoint"
             )
     max_concurrency = int(_number(config, "max_concurrency"))
+    segment_name, per_stream_names = segment_names(config, version, segment_tag)
     return Settings(
         api_key=api_key.strip(),
         api_url=check_api_url(_default(config, "api_url")),
@@ -248,4 +300,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         summary_path=config.get("summary_path") or None,
         progress_interval=_number(config, "progress_interval"),
         state_interval=_number(config, "state_interval"),
+        segment_name=segment_name,
+        segment_names=per_stream_names,
+        segment_overwrite=bool(config.get("segment_overwrite", False)),
     )

@@ -12,7 +12,10 @@ committed before STATE is emitted, so a crash can only make the next run send mo
 never less. A lost or deleted store costs a full send.
 
 The store also keeps mirror mode's *staged removals* per (account, tag): how many
-consecutive complete runs a tagged member was absent from (see `mirror.py`).
+consecutive complete runs a tagged member was absent from (see `mirror.py`), and the
+Omnisend saved segment the target made per (account, segment name), with the tag its
+rule follows (see `segments.py`): a re-run reads that one segment instead of paging
+through all of them. Losing it costs one listing.
 
 A dry run opens the store read-only (`ReadOnlyStore`): it diffs against the real
 fingerprints and previews staged removals, and cannot write a row.
@@ -49,6 +52,10 @@ CREATE TABLE IF NOT EXISTS mirror_absences (
     scope TEXT NOT NULL, tag TEXT NOT NULL, email TEXT NOT NULL,
     runs INTEGER NOT NULL, last_run TEXT NOT NULL,
     PRIMARY KEY (scope, tag, email)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS saved_segments (
+    scope TEXT NOT NULL, name TEXT NOT NULL, segment_id TEXT NOT NULL, tag TEXT NOT NULL,
+    streams TEXT NOT NULL, PRIMARY KEY (scope, name)
 ) WITHOUT ROWID;
 """
 
@@ -248,6 +255,37 @@ class FingerprintStore:
                 ((self.scope, tag, email, runs, run_id) for email, runs in counts.items()),
             )
 
+    # -- saved segments -----------------------------------------------------------------
+
+    def saved_segment(self, name: str) -> tuple[str, str, tuple[str, ...]] | None:
+        """(segmentID, tag the target wrote its rule for or "", streams) of the segment
+        this account's runs keep under `name`, if any."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT segment_id, tag, streams FROM saved_segments "
+                    "WHERE scope = ? AND name = ?",
+                    (self.scope, name),
+                ).fetchone()
+            except sqlite3.OperationalError:  # a read-only store from before the table
+                return None
+        return (row[0], row[1], tuple(row[2].split("\0"))) if row else None
+
+    def remember_segment(
+        self, name: str, segment_id: str, tag: str, streams: Sequence[str]
+    ) -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO saved_segments VALUES (?, ?, ?, ?, ?)",
+                (self.scope, name, segment_id, tag, "\0".join(streams)),
+            )
+
+    def forget_segment(self, name: str) -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "DELETE FROM saved_segments WHERE scope = ? AND name = ?", (self.scope, name)
+            )
+
     def commit(self) -> None:
         """Durable before STATE: called at every checkpoint."""
         with self._lock:
@@ -287,6 +325,14 @@ class ReadOnlyStore(FingerprintStore):
 
     def record_absences(self, tag: str, counts: dict[str, int], run_id: str) -> None:
         del tag, counts, run_id
+
+    def remember_segment(
+        self, name: str, segment_id: str, tag: str, streams: Sequence[str]
+    ) -> None:
+        del name, segment_id, tag, streams
+
+    def forget_segment(self, name: str) -> None:
+        del name
 
     def commit(self) -> None:
         pass

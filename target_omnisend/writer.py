@@ -9,8 +9,9 @@ behind this interface, so no other module asks which kind of run it is.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
+from target_omnisend.api import SavedSegment
 from target_omnisend.client import OmnisendClient
 from target_omnisend.delivery import TAG_CHUNK, DeliveryEngine, Item
 from target_omnisend.mapping import email_of
@@ -35,6 +36,13 @@ class Writer(Protocol):
 
     def remove_tags(self, tag: str, emails: list[str]) -> None:
         """Take `tag` off these contacts (≤ 250)."""
+
+    def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
+        """POST /segments once (never repeated blindly); the segment, or None if nothing
+        was sent. Raises `AmbiguousWrite` when Omnisend may or may not have created it."""
+
+    def replace_segment(self, segment_id: str, body: dict[str, Any]) -> SavedSegment | None:
+        """PUT /segments/{id} (a full replace); the segment, or None if nothing was sent."""
 
     def cancel(self) -> None:
         """Stop now: blocked calls raise `Cancelled`, nothing new goes out."""
@@ -78,6 +86,12 @@ class OmnisendWriter:
     def remove_tags(self, tag: str, emails: list[str]) -> None:
         for start in range(0, len(emails), TAG_CHUNK):
             self.client.remove_tags([tag], emails[start : start + TAG_CHUNK])
+
+    def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
+        return self.client.create_segment(body)
+
+    def replace_segment(self, segment_id: str, body: dict[str, Any]) -> SavedSegment | None:
+        return self.client.replace_segment(segment_id, body)
 
     def cancel(self) -> None:
         self.engine.cancel()

@@ -65,6 +65,8 @@ def test_meltano_run_delivers_the_sample_segment(server: OmnisendServer, tmp_pat
     assert stored == expected_emails(records)
     rejected = read_jsonl(rejected_path)
     assert len(records) == len(stored) + len(rejected) + 1  # one duplicate merged
+    # No segment_name value in meltano.yml: the default applies, one saved segment.
+    assert [s["name"] for s in server.segments()] == ["vip_buyers"]
     assert API_KEY not in output
 
 

@@ -43,7 +43,12 @@ def test_progress_lines_and_summary_agree_with_the_server(tmp_path: Path) -> Non
     # Full batches of 100 until the end of input, then the rest; nothing retried or split.
     assert summary["batches"] == -(-counts["delivered"] // 100)
     assert summary["requests"] == (
-        1 + summary["batches"] + summary["polls"] + summary["tag_calls"] + summary["item_fetches"]
+        1
+        + summary["batches"]
+        + summary["polls"]
+        + summary["tag_calls"]
+        + summary["item_fetches"]
+        + summary["segment_requests"]
     )
     assert API_KEY not in (tmp_path / "summary.json").read_text()
 
