@@ -10,6 +10,7 @@ from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, Retriabl
 
 __all__ = [
     "AuthenticationError",
+    "Cancelled",
     "ConfigError",
     "DeliveryError",
     "FatalAPIError",
@@ -31,3 +32,10 @@ class AuthenticationError(FatalAPIError):
 class DeliveryError(FatalAPIError):
     """Omnisend stayed unavailable beyond the retry budget; the run must stop without
     advancing STATE so that a re-run resumes from the last delivered record."""
+
+
+class Cancelled(Exception):
+    """The run is stopping (a signal or a failure elsewhere): waiting ends at once."""
+
+    def __init__(self, message: str = "delivery cancelled: the run is stopping") -> None:
+        super().__init__(message)
