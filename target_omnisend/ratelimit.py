@@ -14,6 +14,7 @@ is logged once, so a run never stalls silently.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -120,21 +121,26 @@ class WindowLimiter:
             if limit is not None and limit > 0:
                 self.limit = min(self._configured_limit, int(limit))
             self._expire(now)
+            seconds = self._reset_seconds(reset) if reset is not None else None
             ours = self.limit - len(self._sent)
             theirs = max(int(remaining), 0)
-            # Requests we cannot see used the budget just now: count them as ours.
-            self._sent.extend([now] * max(ours - theirs, 0))
-            if theirs == 0 and reset is not None:
-                seconds = self._reset_seconds(reset)
-                if seconds is not None:
-                    if seconds > self.max_wait:
-                        self.logger.warning(
-                            "Omnisend's rate-limit headers say the window resets in %.0f s; "
-                            "waiting at most max_wait (%.0f s) before trying again",
-                            seconds,
-                            self.max_wait,
-                        )
-                    self._pause_locked(now, min(seconds, self.max_wait))
+            # Requests we cannot see used the budget: count them as ours, freed when the
+            # server says its window resets (else a whole window from now).
+            until = min(seconds, self.window_seconds) if seconds is not None else None
+            stamp = (
+                now - self.window_seconds + (until if until is not None else self.window_seconds)
+            )
+            for _ in range(max(ours - theirs, 0)):
+                bisect.insort(self._sent, stamp)
+            if theirs == 0 and seconds is not None:
+                if seconds > self.max_wait:
+                    self.logger.warning(
+                        "Omnisend's rate-limit headers say the window resets in %.0f s; "
+                        "waiting at most max_wait (%.0f s) before trying again",
+                        seconds,
+                        self.max_wait,
+                    )
+                self._pause_locked(now, min(seconds, self.max_wait))
             self._cond.notify_all()
 
     def note_latency(self, seconds: float) -> None:

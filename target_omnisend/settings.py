@@ -44,6 +44,7 @@ class Settings:
     max_retries: int
     batch_poll_interval: float
     batch_timeout: float
+    max_wait: float
     rejected_records_path: str | None
     segment_tag: str
     tags: tuple[str, ...]
@@ -203,6 +204,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         max_retries=int(_number(config, "max_retries", 5, 0, 100)),
         batch_poll_interval=_number(config, "batch_poll_interval", 0.5, 0.01, 60),
         batch_timeout=_number(config, "batch_timeout", 900.0, 1, 86_400),
+        max_wait=_number(config, "max_wait", 300.0, 1, 86_400),
         rejected_records_path=config.get("rejected_records_path", "rejected_records.jsonl") or None,
         segment_tag=segment_tag,
         tags=tags,

@@ -199,6 +199,16 @@ CONFIG_SCHEMA = th.PropertiesList(
         "fails if the re-sent batch does not finish either.",
     ),
     th.Property(
+        "max_wait",
+        th.NumberType,
+        default=300,
+        title="Max rate-limit wait",
+        description="Longest single pause, in seconds, the target accepts when Omnisend's "
+        "rate limit asks it to wait (429 retryAfter, Retry-After or the rate-limit reset). "
+        "A longer pause ends the run with a message naming this setting instead of a "
+        "silent stall; waits over a few seconds are logged.",
+    ),
+    th.Property(
         "rejected_records_path",
         th.StringType,
         default="rejected_records.jsonl",
@@ -338,7 +348,10 @@ class TargetOmnisend(Target):
             api_key=self.settings.api_key,
             generation=self.settings.generation,
             limits=RateLimits(
-                self.settings.requests_per_minute, self.settings.tags_requests_per_minute
+                self.settings.requests_per_minute,
+                self.settings.tags_requests_per_minute,
+                max_wait=self.settings.max_wait,
+                logger=self.logger,
             ),
             timeout=self.settings.request_timeout,
             max_retries=self.settings.max_retries,
