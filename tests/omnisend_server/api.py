@@ -2,7 +2,8 @@
 
 Transport-free: `Api.handle` turns a `Request` into a `Reply` (or a connection reset),
 and logs it. The HTTP handler only moves bytes, so the pipeline's order — which
-decides which error a client sees first — is all here.
+decides which error a client sees first — is all here. `Headers` says how rate-limit
+information goes out (Omnisend documents the `X-Rate-Limit-*` headers only for v3/v5).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .endpoints import NO_BODY, Call, Result, Service
+from .endpoints import NO_BODY, Call, Result
 from .errors import ApiError
 from .faults import REQUEST_KINDS, FaultBook, FaultRule
-from .ratelimit import FixedWindowLimiter, Quota
+from .ratelimit import Quota, RateLimiter
 from .store import Account, Store
 from .wire import LATEST, RETIRED_VERSIONS, SUPPORTED_VERSION, Generation, render_error, split_path
 
@@ -59,6 +60,31 @@ class Reply:
     reset: bool = False
 
 
+@dataclass(frozen=True)
+class Headers:
+    """`rate_limit`: send X-Rate-Limit-*; `reset_style`: Reset as "seconds" left or as an
+    "epoch" timestamp; `retry_after`: add a `Retry-After` header (seconds) to 429s."""
+
+    rate_limit: bool = True
+    reset_style: str = "seconds"
+    retry_after: bool = False
+
+    def quota(self, quota: Quota) -> dict[str, str]:
+        return quota.headers(self.reset_style) if self.rate_limit else {}
+
+
+Routes = list[tuple[str, dict[str, Callable[[Call], Result]]]]
+
+
+def group_of(rel: str, method: str) -> str:
+    """The limiter group: tags and segments have limits of their own at Omnisend."""
+    if rel.startswith("/contacts/tags"):
+        return "tags"
+    if rel == "/segments" or rel.startswith("/segments/"):
+        return "segments_write" if method in ("POST", "PUT") else "segments_read"
+    return "default"
+
+
 def json_reply(status: int, payload: Any, content_type: str = "application/json") -> Reply:
     if payload is NO_BODY:
         return Reply(status, b"", None)
@@ -71,19 +97,24 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 class Api:
     def __init__(
-        self, store: Store, faults: FaultBook, limiter: FixedWindowLimiter, service: Service
+        self,
+        store: Store,
+        faults: FaultBook,
+        limiter: RateLimiter,
+        routes: Routes,
+        headers: Headers | None = None,
     ) -> None:
         self.store = store
         self.faults = faults
         self.limiter = limiter
-        self.service = service
-        self.routes = [(_compile(p), methods) for p, methods in service.routes()]
+        self.headers = headers or Headers()
+        self.routes = [(_compile(p), methods) for p, methods in routes]
         self.log: list[RequestLogEntry] = []
         self.log_lock = threading.Lock()
 
     def handle(self, req: Request) -> Reply:
         gen, rel = split_path(req.path)
-        group = "tags" if gen is LATEST and rel.startswith("/contacts/tags") else "default"
+        group = group_of(rel, req.method) if gen is LATEST else "default"
         try:
             reply = self._handle(req, gen, rel, group)
         except ApiError as error:  # refusals before the rate limiter: no quota headers
@@ -131,7 +162,7 @@ class Api:
             reply = self._authorised(req, gen, rel, account, quota, group)
         except ApiError as error:
             reply = self._error(error, gen, req.path)
-        reply.headers = {**quota.headers(), **reply.headers}
+        reply.headers = {**self.headers.quota(quota), **reply.headers}
         return reply
 
     def _authorised(
@@ -155,6 +186,10 @@ class Api:
             raise ApiError(413, "The request body must be smaller than 1 MB", slug="too-large")
         rule = self.faults.match(REQUEST_KINDS, req.method, rel)
         if rule is not None and rule.kind == "delay":
+            if rule.apply:  # done, but answered only after the client's timeout
+                reply = self._route(req, gen, rel, account)
+                time.sleep(rule.seconds)
+                return reply
             time.sleep(rule.seconds)
             rule = None
         if rule is not None and rule.kind == "status":
@@ -163,21 +198,28 @@ class Api:
             exhausted = self.limiter.exhausted(account.key, group)
             error = self._too_many(exhausted)
             reply = self._error(error, gen, req.path)
-            reply.headers = {**exhausted.headers(), **(rule.headers or {})}
+            reply.headers = {
+                **reply.headers,
+                **self.headers.quota(exhausted),
+                **(rule.headers or {}),
+            }
             return reply
         if rule is not None and not rule.apply:  # reset / malformed before applying
             return self._broken(rule)
         reply = self._route(req, gen, rel, account)
         return self._broken(rule) if rule is not None else reply
 
-    @staticmethod
-    def _too_many(quota: Quota) -> ApiError:
-        return ApiError(
+    def _too_many(self, quota: Quota) -> ApiError:
+        error = ApiError(
             429,
-            f"Rate limit of {quota.limit} requests per window exceeded; retry in {quota.reset} s",
-            slug="rate-limited",
-            extra={"retryAfter": quota.reset},
+            f"Rate limit of {quota.limit} requests per window exceeded; "
+            f"retry in {quota.retry_after} s",
+            slug="rate-limit-exceeded",
+            extra={"retryAfter": quota.retry_after},
         )
+        if self.headers.retry_after:
+            error.headers["Retry-After"] = str(quota.retry_after)
+        return error
 
     def _fault_reply(self, rule: FaultRule, gen: Generation, instance: str) -> Reply:
         status = rule.effective_status
@@ -201,8 +243,10 @@ class Api:
         return Reply(rule.effective_status, raw, "text/html", dict(rule.headers or {}))
 
     def _route(self, req: Request, gen: Generation, rel: str, account: Account) -> Reply:
-        if gen.is_v5 and rel.startswith("/contacts/tags"):
-            raise ApiError(404, "No such endpoint in v5 (tags need 2026-03-15)", slug="not-found")
+        if gen.is_v5 and (rel.startswith("/contacts/tags") or rel.startswith("/segments")):
+            raise ApiError(
+                404, "No such endpoint in v5 (tags and segments need 2026-03-15)", slug="not-found"
+            )
         for pattern, methods in self.routes:
             match = pattern.match(rel)
             if match is None:

@@ -1,4 +1,4 @@
-"""The endpoints: contacts, tags and batches, for both generations.
+"""The endpoints: contacts, tags and batches, for both generations (segments: segments.py).
 
 Each handler takes a `Call` (who, which generation, what was sent) and returns a
 `(status, payload)` pair or raises `ApiError`. Contact writes — direct or batch item —
@@ -8,9 +8,12 @@ as POST /contacts would be.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -18,7 +21,17 @@ import msgspec
 from .errors import ApiError, FieldError, validation_error
 from .faults import BATCH_KINDS, ITEM_KINDS, FaultBook
 from .scheduler import Scheduler
-from .store import BATCH_STATUSES, Account, Batch, Contact, Store, email_status, utc_now
+from .store import (
+    BATCH_ORDERS,
+    BATCH_STATUSES,
+    Account,
+    Batch,
+    BatchItem,
+    Contact,
+    Store,
+    email_status,
+    utc_now,
+)
 from .validation import STATUSES, is_email, validate_contact
 from .wire import (
     DEFAULT_PAGE,
@@ -32,6 +45,9 @@ from .wire import (
     render_contact,
     render_item,
 )
+
+ITEM_ORDERS = ("same", "reversed", "shuffled")
+DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 MAX_BATCH_ITEMS = 100
 MAX_TAG_TARGETS = 250
@@ -73,15 +89,34 @@ _DECODER = msgspec.json.Decoder()  # several times faster than json.loads on a b
 
 
 class Service:
-    """Endpoint logic on top of the store; owns the asynchronous parts (batches, tags)."""
+    """Endpoint logic on top of the store; owns the asynchronous parts (batches, tags).
+
+    `batch_list_order` is the order of GET /batches (store.BATCH_ORDERS), `items_order`
+    that of /batches/{id}/items (ITEM_ORDERS), and `echo_item_request` whether an item
+    carries the `request` it was made from (without it, only identity can match results).
+    """
 
     def __init__(
-        self, store: Store, faults: FaultBook, scheduler: Scheduler, batch_delay: float
+        self,
+        store: Store,
+        faults: FaultBook,
+        scheduler: Scheduler,
+        batch_delay: float,
+        batch_list_order: str = "newest_first",
+        items_order: str = "same",
+        echo_item_request: bool = True,
     ) -> None:
+        if batch_list_order not in BATCH_ORDERS:
+            raise ValueError(f"batch_list_order must be one of {BATCH_ORDERS}")
+        if items_order not in ITEM_ORDERS:
+            raise ValueError(f"items_order must be one of {ITEM_ORDERS}")
         self.store = store
         self.faults = faults
         self.scheduler = scheduler
         self.batch_delay = batch_delay
+        self.batch_list_order = batch_list_order
+        self.items_order = items_order
+        self.echo_item_request = echo_item_request
 
     # -- contacts ---------------------------------------------------------------------
 
@@ -209,7 +244,7 @@ class Service:
             if key == "segmentID":
                 if not isinstance(value, str) or not value:
                     errors.append(FieldError(key, "invalid_type", "Must be a string"))
-                continue  # no segments exist here: nothing to tag
+                continue  # resolved when applied: the segment's members at that moment
             if not isinstance(value, list) or not 1 <= len(value) <= MAX_TAG_TARGETS:
                 errors.append(
                     FieldError(key, "invalid_value", f"Give 1 to {MAX_TAG_TARGETS} values")
@@ -223,6 +258,8 @@ class Service:
             raise validation_error(errors)
         account, add = call.account, call.method == "POST"
 
+        segment_id = body.get("segmentID") if isinstance(body.get("segmentID"), str) else None
+
         def apply() -> None:
             ids = self.store.resolve(
                 account,
@@ -230,6 +267,11 @@ class Service:
                 contact_ids=targets["contactIDs"],
                 phones=targets["phones"],
             )
+            if segment_id is not None:
+                with self.store.lock:
+                    ids = [
+                        c["id"] for _, c in self.store.iter_contacts(account, segment_id=segment_id)
+                    ]
             self.store.change_tags(account, list(dict.fromkeys(tags)), ids, add=add)
 
         self.scheduler.call_later(self.batch_delay, apply)
@@ -273,7 +315,8 @@ class Service:
         with self.store.lock:
             rendered = render_batch(batch)
         self.scheduler.call_later(self.batch_delay / 2, lambda: self._start(batch))
-        self.scheduler.call_later(self.batch_delay, lambda: self._process(call, batch))
+        account, gen = call.account, call.gen
+        self.scheduler.call_later(self.batch_delay, lambda: self._process(account, gen, batch))
         return 200, rendered
 
     def _start(self, batch: Batch) -> None:
@@ -282,16 +325,21 @@ class Service:
                 batch.status = "inProgress"
                 batch.started_at = utc_now()
 
-    def _process(self, call: Call, batch: Batch) -> None:
+    def _process(self, account: Account, gen: Generation, batch: Batch) -> None:
+        """Apply the items in order. Faults: `batch_stopped` ends after half the items,
+        `batch_stuck` never ends, `batch_short` silently skips the last item yet reports
+        `finished` with no errors (so finishedCount < totalCount)."""
         self._start(batch)
         if batch.fault == "batch_stuck":
             return
-        stop_at = len(batch.items) // 2 if batch.fault == "batch_stopped" else len(batch.items)
+        stop_at = len(batch.items)
+        if batch.fault == "batch_stopped":
+            stop_at = len(batch.items) // 2
+        elif batch.fault == "batch_short":
+            stop_at = len(batch.items) - 1
         for item in batch.items[:stop_at]:
             try:
-                code, contact = self.write_contact(
-                    call.account, item.request, call.gen, "POST", "/batches"
-                )
+                code, contact = self.write_contact(account, item.request, gen, "POST", "/batches")
             except ApiError as error:
                 with self.store.lock:
                     item.status, item.response_code, item.error = "failed", error.status, error
@@ -301,7 +349,7 @@ class Service:
                     item.contact_id = contact["id"]
         with self.store.lock:
             for item in batch.items[stop_at:]:
-                item.status = "stopped"
+                item.status = "pending" if batch.fault == "batch_short" else "stopped"
             if batch.fault == "batch_stopped":
                 batch.status = "stopped"
                 batch.errors.append(
@@ -321,62 +369,87 @@ class Service:
         with self.store.lock:
             return 200, render_batch(self._batch(call))
 
+    def _items_in_order(self, batch: Batch) -> list[BatchItem]:
+        if self.items_order == "reversed":
+            return batch.items[::-1]
+        if self.items_order == "shuffled":  # stable per batch, so pages never overlap
+
+            def key(item: BatchItem) -> bytes:
+                text = f"{self.store.seed}:{item.item_id}".encode()
+                return hashlib.blake2b(text, digest_size=8).digest()
+
+            return sorted(batch.items, key=key)
+        return batch.items
+
     def batch_items(self, call: Call) -> Result:
         q = call.query
         limit = int_param(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         with self.store.lock:
             batch = self._batch(call)
+            items = self._items_in_order(batch)
             instance = f"{call.gen.root}/contacts"
 
-            def render(item: Any) -> Any:
+            def render(item: BatchItem) -> Any:
                 contact = call.account.contacts.get(item.contact_id or "")
-                return render_item(item, contact, call.gen, instance)
+                rendered = render_item(item, contact, call.gen, instance)
+                if not self.echo_item_request:
+                    del rendered["request"]
+                return rendered
 
             if call.gen.is_v5:
                 offset = int_param(q, "offset", 0, 0, 10**9)
-                chunk = batch.items[offset : offset + limit]
-                more = offset + limit < len(batch.items)
+                chunk = items[offset : offset + limit]
+                more = offset + limit < len(items)
                 path = f"/v5/batches/{batch.batch_id}/items"
                 paging = offset_paging(call.base_url, path, _without(q), offset, limit, more)
                 return 200, {"items": [render(i) for i in chunk], "paging": paging}
             start = decode_cursor(q["after"]) if "after" in q else 0
-            chunk = batch.items[start : start + limit]
-            more = start + limit < len(batch.items)
+            chunk = items[start : start + limit]
+            more = start + limit < len(items)
             paging = cursor_paging(start + limit if more else None)
             return 200, {"items": [render(i) for i in chunk], "paging": paging}
 
     def list_batches(self, call: Call) -> Result:
+        """Documented filters, offset paging, and the order the server was told to use."""
         q = call.query
+        errors = []
+        if not q.get("endpoint"):
+            errors.append(FieldError("endpoint", "required", "Give the endpoint, e.g. 'contacts'"))
         if "status" in q and q["status"] not in BATCH_STATUSES:
+            errors.append(
+                FieldError("status", "invalid_value", f"Must be one of {', '.join(BATCH_STATUSES)}")
+            )
+        days = {name: q.get(name) for name in ("dateFrom", "dateTo")}
+        for name, value in days.items():
+            if value is not None and not _is_day(value):
+                errors.append(FieldError(name, "invalid_format", "Must be a date as yyyy-mm-dd"))
+        if errors:
+            raise validation_error(errors)
+        if days["dateFrom"] and days["dateTo"] and days["dateFrom"] > days["dateTo"]:
             raise validation_error(
-                [
-                    FieldError(
-                        "status", "invalid_value", f"Must be one of {', '.join(BATCH_STATUSES)}"
-                    )
-                ]
+                [FieldError("dateTo", "invalid_value", "Must not be before dateFrom")]
             )
         limit = int_param(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-        filters = {"endpoint": q.get("endpoint"), "status": q.get("status")}
+        offset = int_param(q, "offset", 0, 0, 10**9)
         with self.store.lock:
-            if call.gen.is_v5:
-                offset = int_param(q, "offset", 0, 0, 10**9)
-                page = _take(self.store.iter_batches(call.account, **filters), offset, limit + 1)
-                paging = offset_paging(
-                    call.base_url, "/v5/batches", _without(q), offset, limit, len(page) > limit
-                )
-                return 200, {
-                    "batches": [render_batch(b) for _, b in page[:limit]],
-                    "paging": paging,
-                }
-            start = decode_cursor(q["after"]) if "after" in q else None
-            page = _take(
-                self.store.iter_batches(call.account, start=start, **filters), 0, limit + 1
+            found = self.store.iter_batches(
+                call.account,
+                order=self.batch_list_order,
+                endpoint=q["endpoint"],
+                status=q.get("status"),
+                date_from=days["dateFrom"],
+                date_to=days["dateTo"],
             )
-            following = page[limit][0] if len(page) > limit else None
-            return 200, {
-                "batches": [render_batch(b) for _, b in page[:limit]],
-                "paging": cursor_paging(following),
-            }
+            page = _take(found, offset, limit + 1)
+            paging = offset_paging(
+                call.base_url,
+                f"{call.gen.root}/batches",
+                _without(q),
+                offset,
+                limit,
+                len(page) > limit,
+            )
+            return 200, {"batches": [render_batch(b) for b in page[:limit]], "paging": paging}
 
     def routes(self) -> list[tuple[str, dict[str, Callable[[Call], Result]]]]:
         """Path patterns (relative to the version root) and their methods."""
@@ -391,6 +464,16 @@ class Service:
             ("/batches/{batch_id}", {"GET": self.get_batch}),
             ("/batches/{batch_id}/items", {"GET": self.batch_items}),
         ]
+
+
+def _is_day(text: str) -> bool:
+    if not DAY_RE.fullmatch(text):
+        return False
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _take(found: Any, skip: int, count: int) -> list[Any]:

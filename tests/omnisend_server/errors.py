@@ -28,7 +28,7 @@ TITLES = {
     504: "Gateway Timeout",
 }
 
-PROBLEM_BASE = "https://api.omnisend.com/problems/"
+PROBLEM_BASE = "https://problems.omnisend.com/"  # as the 2026-03-15 docs name them
 
 
 @dataclass(frozen=True)
@@ -92,5 +92,5 @@ def validation_error(errors: list[FieldError], detail: str | None = None) -> Api
         400,
         detail or f"Request validation failed: {len(errors)} invalid field(s)",
         errors=errors,
-        slug="validation-error",
+        slug="validation-failed",
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 # When each kind is consulted: per HTTP request, per accepted batch, per batch/contact item.
 REQUEST_KINDS = frozenset(("status", "rate_limit", "delay", "reset", "malformed"))
-BATCH_KINDS = frozenset(("batch_stopped", "batch_stuck"))
+BATCH_KINDS = frozenset(("batch_stopped", "batch_stuck", "batch_short"))
 ITEM_KINDS = frozenset(("item_error",))
 KINDS = REQUEST_KINDS | BATCH_KINDS | ITEM_KINDS
 DEFAULT_STATUS = {"status": 500, "rate_limit": 429, "malformed": 200, "item_error": 400}
@@ -32,10 +32,13 @@ class FaultRule:
 
     kinds: "status" (respond `status` + problem, or `body` verbatim, without applying),
     "rate_limit" (429 + retryAfter as if the window were exhausted), "delay" (sleep
-    `seconds`, then handle normally), "reset" (drop the connection; `apply=True` applies
-    the request first: "succeeded but the response was lost"), "malformed" (non-JSON body
-    with `status`, default 200; honours `apply`), "batch_stopped" (batch ends `stopped`
-    after half its items), "batch_stuck" (batch stays `inProgress`), "item_error" (items
+    `seconds`, then handle normally; with `apply=True` handle first, then sleep before
+    answering: "it was done, but the client timed out"), "reset" (drop the connection;
+    `apply=True` applies the request first: "succeeded but the response was lost"),
+    "malformed" (non-JSON body with `status`, default 200; honours `apply`),
+    "batch_stopped" (batch ends `stopped` after half its items), "batch_stuck" (batch
+    stays `inProgress`), "batch_short" (the last item is silently skipped, yet the batch
+    says `finished` with no errors, so finishedCount < totalCount), "item_error" (items
     whose email matches `email_pattern` fail with `status`, default 400).
     """
 

@@ -12,16 +12,20 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .api import Api, Reply, Request, RequestLogEntry
+from .api import Api, Headers, Reply, Request, RequestLogEntry
 from .endpoints import Service
 from .faults import FaultBook, FaultRule
-from .ratelimit import FixedWindowLimiter
+from .foreign import ForeignBatches
+from .ratelimit import RESET_STYLES, RateLimiter
+from .rules import validate_segment
 from .scheduler import Scheduler
+from .segments import SegmentService, render_segment, tag_rule
 from .store import Contact, Store
 from .wire import LATEST, render_batch, render_contact
 
@@ -126,8 +130,10 @@ class _HTTPServer(ThreadingHTTPServer):
 class OmnisendServer:
     """A local Omnisend-compatible API (2026-03-15 under /api, v5 under /v5).
 
-    In-memory, one account per API key, asynchronous batches, fixed-window rate limits
-    with Omnisend's headers, and scriptable faults. `start()` binds an ephemeral port.
+    In-memory, one account (brand) per API key, asynchronous batches, saved segments,
+    rate limits with Omnisend's headers, and scriptable faults. `start()` binds an
+    ephemeral port. Every keyword is documented in the package docstring; each one that
+    Omnisend's documentation leaves open defaults to what this server always did.
     """
 
     def __init__(
@@ -141,25 +147,119 @@ class OmnisendServer:
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
+        rate_limit_window: str = "sliding",
+        foreign_requests_per_minute: float = 0.0,
+        rate_limit_headers: bool = True,
+        rate_limit_reset: str = "seconds",
+        retry_after_header: bool = False,
+        batch_list_order: str = "newest_first",
+        foreign_batches: int = 0,
+        foreign_batches_per_minute: float = 0.0,
+        foreign_batch_items: int = 5,
+        items_order: str = "same",
+        echo_item_request: bool = True,
+        inconsistent_batches: float = 0.0,
+        segment_writes_per_minute: int | None = 15,
+        segment_reads_per_minute: int | None = 100,
+        segment_build_seconds: float = 0.2,
+        segment_stats_lag: float = 0.0,
+        api_key_scopes: Mapping[str, Iterable[str]] | None = None,
+        slow_segment_posts: int = 0,
+        slow_segment_post_seconds: float = 11.0,
     ) -> None:
-        if not api_keys:
+        scopes = {key: frozenset(granted) for key, granted in (api_key_scopes or {}).items()}
+        keys = tuple(dict.fromkeys([*api_keys, *scopes]))
+        if not keys:
             raise ValueError("at least one API key is needed")
+        if rate_limit_reset not in RESET_STYLES:
+            raise ValueError(f"rate_limit_reset must be one of {RESET_STYLES}")
+        if not 0.0 <= inconsistent_batches <= 1.0:
+            raise ValueError("inconsistent_batches must be within 0..1")
         self.host, self.port = host, port
         self.latency = (float(latency[0]), float(latency[1]))
         self._latency_rng = random.Random(seed + 1)
         self._latency_lock = threading.Lock()
-        self._store = Store(tuple(api_keys), seed)
+        self._store = Store(keys, seed, tag_history_seconds=segment_stats_lag)
         self._faults = FaultBook(seed)
-        self._limiter = FixedWindowLimiter(
-            {"default": requests_per_minute, "tags": tags_requests_per_minute}, window_seconds
+        self._standing = self._standing_faults(
+            inconsistent_batches, slow_segment_posts, slow_segment_post_seconds
+        )
+        self._limiter = RateLimiter(
+            {
+                "default": requests_per_minute,
+                "tags": tags_requests_per_minute,
+                "segments_write": segment_writes_per_minute,
+                "segments_read": segment_reads_per_minute,
+            },
+            window_seconds,
+            kind=rate_limit_window,
+            foreign={"default": foreign_requests_per_minute},
         )
         self._scheduler = Scheduler()
-        self._service = Service(self._store, self._faults, self._scheduler, batch_delay)
-        self._api = Api(self._store, self._faults, self._limiter, self._service)
+        self._service = Service(
+            self._store,
+            self._faults,
+            self._scheduler,
+            batch_delay,
+            batch_list_order=batch_list_order,
+            items_order=items_order,
+            echo_item_request=echo_item_request,
+        )
+        self._segments = SegmentService(
+            self._store, segment_build_seconds, segment_stats_lag, scopes
+        )
+        self._foreign = ForeignBatches(
+            self._store,
+            self._scheduler,
+            count=foreign_batches,
+            per_minute=foreign_batches_per_minute,
+            items=foreign_batch_items,
+            batch_delay=batch_delay,
+        )
+        self._api = Api(
+            self._store,
+            self._faults,
+            self._limiter,
+            self._service.routes() + self._segments.routes(),
+            Headers(rate_limit_headers, rate_limit_reset, retry_after_header),
+        )
+        self._arm()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
+
+    @staticmethod
+    def _standing_faults(
+        inconsistent: float, slow_posts: int, slow_seconds: float
+    ) -> list[FaultRule]:
+        """Knobs that are faults underneath; they survive `reset()` (they are the server's
+        character, not a test's script)."""
+        rules = []
+        if inconsistent > 0:
+            rules.append(
+                FaultRule(
+                    method="POST", path="/batches", kind="batch_short", probability=inconsistent
+                )
+            )
+        if slow_posts > 0:
+            rules.append(
+                FaultRule(
+                    method="POST",
+                    path="/segments",
+                    kind="delay",
+                    seconds=slow_seconds,
+                    apply=True,
+                    times=slow_posts,
+                )
+            )
+        return rules
+
+    def _arm(self) -> None:
+        for rule in self._standing:
+            self._faults.add(rule)
+        self._foreign.seed()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -170,6 +270,7 @@ class OmnisendServer:
         httpd.owner = self
         self._httpd = httpd
         self._scheduler.start()
+        self._foreign.start_trickle()
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -236,6 +337,49 @@ class OmnisendServer:
         with self._store.lock:
             return [render_batch(b) for a in self._store.accounts.values() for b in a.batches]
 
+    def segments(self) -> list[dict[str, Any]]:
+        """Every saved segment (all accounts), oldest first, as GET /segments/{id} shows it."""
+        with self._store.lock:
+            return [
+                render_segment(s)
+                for a in self._store.accounts.values()
+                for s in a.segments.values()
+            ]
+
+    def add_segment(
+        self,
+        name: str,
+        tags: Iterable[str] = (),
+        *,
+        condition_groups: list[Any] | None = None,
+        api_key: str | None = None,
+        building: bool = False,
+        starred: bool = False,
+    ) -> dict[str, Any]:
+        """A segment someone made by hand in Omnisend (not through the API's budget): the
+        rule "tags anyOf `tags`", or `condition_groups` verbatim (validated like a POST)."""
+        account = self._store.accounts[api_key or next(iter(self._store.accounts))]
+        groups = condition_groups if condition_groups is not None else tag_rule(list(tags))
+        write = validate_segment({"name": name, "conditionGroups": groups})
+        segment = self._store.add_segment(
+            account,
+            name=write.name,
+            condition_groups=write.condition_groups,
+            is_starred=starred,
+            building_seconds=self._segments.building_seconds if building else 0.0,
+        )
+        with self._store.lock:
+            return render_segment(segment)
+
+    def segment_members(self, segment_id: str) -> int:
+        """What GET /segments/{id}/statistics would answer now (honours the lag knob)."""
+        with self._store.lock:
+            for account in self._store.accounts.values():
+                segment = account.segments.get(segment_id)
+                if segment is not None:
+                    return self._segments.count_members(account, segment)
+        raise KeyError(segment_id)
+
     def request_log(self) -> list[RequestLogEntry]:
         with self._api.log_lock:
             return list(self._api.log)
@@ -269,13 +413,17 @@ class OmnisendServer:
         return self._faults.fired()
 
     def reset(self) -> None:
-        """Forget all data, the request log, faults, rate-limit windows and pending jobs."""
+        """Forget all data, the request log, faults, rate-limit windows and pending jobs;
+        what the knobs set up (foreign batches, standing faults) is set up again."""
         self._scheduler.clear()
         self._store.reset()
         self._faults.clear()
         self._limiter.reset()
         with self._api.log_lock:
             self._api.log.clear()
+        self._arm()
+        if self._httpd is not None:
+            self._foreign.start_trickle()
 
     # -- internals used by the handler ------------------------------------------------
 

@@ -1,12 +1,17 @@
-"""In-memory accounts: contacts and batches, with Omnisend's merge rules.
+"""In-memory accounts: contacts, batches and saved segments, with Omnisend's merge rules.
 
 Pure data logic — no HTTP, no threads of its own, no fault injection. Contacts are kept
 in the 2026-03-15 shape (`id`, `statusChangedAt`); the wire layer renames for v5.
 Creation order is an append-only list, so a page cursor is just a position in it.
+Batches are appended in creation order too; `iter_batches` lists them in the order the
+server was told to use (Omnisend documents none). With `tag_history_seconds` > 0 each
+contact's tag changes are remembered that long, so segment statistics can lag behind.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import random
 import threading
 import time
@@ -16,10 +21,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import ApiError, FieldError, validation_error
+from .rules import matches
 from .validation import CHANNEL_OF, ContactWrite, IdentifierWrite, format_timestamp, parse_timestamp
 
 Contact = dict[str, Any]
 BATCH_STATUSES = ("pending", "inProgress", "finished", "stopped")
+BATCH_ORDERS = ("newest_first", "oldest_first", "unordered")
 
 
 class IdFactory:
@@ -30,14 +37,21 @@ class IdFactory:
         self._counter = 0
         self._lock = threading.Lock()
 
-    def __call__(self) -> str:
+    def __call__(self, at: float | None = None) -> str:
+        """A new id; `at` (Unix seconds) back-dates it, as for a batch created earlier."""
         with self._lock:
             self._counter = (self._counter + 1) % 0x1000000
-            stamp = int(time.time()) & 0xFFFFFFFF
+            stamp = int(time.time() if at is None else at) & 0xFFFFFFFF
             return f"{stamp:08x}{self._rng.getrandbits(40):010x}{self._counter:06x}"
 
 
 _now_cache: tuple[int, str] = (-1, "")
+
+
+def utc_at(millis: int) -> str:
+    seconds, fraction = divmod(millis, 1000)
+    moment = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=fraction * 1000)
+    return format_timestamp(moment)
 
 
 def utc_now() -> str:
@@ -48,9 +62,7 @@ def utc_now() -> str:
     cached = _now_cache
     if cached[0] == millis:
         return cached[1]
-    seconds, fraction = divmod(millis, 1000)
-    moment = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=fraction * 1000)
-    text = format_timestamp(moment)
+    text = utc_at(millis)
     _now_cache = (millis, text)
     return text
 
@@ -79,8 +91,10 @@ class Batch:
     status: str = "pending"
     started_at: str | None = None
     ended_at: str | None = None
-    fault: str | None = None  # "batch_stopped" | "batch_stuck" when a fault rule marked it
+    fault: str | None = None  # a BATCH_KINDS fault ("batch_stopped", …) that marked it
     errors: list[dict[str, Any]] = field(default_factory=list)
+    order_key: str = ""  # position in the "unordered" listing: a seeded hash of the id
+    foreign: bool = False  # created by another integration of the brand, not through HTTP
 
     @property
     def finished_count(self) -> int:
@@ -89,6 +103,25 @@ class Batch:
     @property
     def errors_count(self) -> int:
         return sum(1 for i in self.items if i.status == "failed")
+
+    @property
+    def created_day(self) -> str:
+        return self.created_at[:10]
+
+
+@dataclass
+class Segment:
+    """A saved segment; `status` is computed by the caller from `building_until`."""
+
+    segment_id: str
+    seq: int
+    name: str
+    condition_groups: list[Any]
+    created_at: str
+    updated_at: str
+    is_starred: bool = False
+    archived_at: str | None = None
+    building_until: float = 0.0  # time.monotonic() before which it is still "building"
 
 
 @dataclass
@@ -103,7 +136,12 @@ class Account:
     by_phone: dict[str, str] = field(default_factory=dict)
     batches: list[Batch] = field(default_factory=list)
     batch_by_id: dict[str, Batch] = field(default_factory=dict)
+    batches_hashed: list[tuple[str, int]] = field(default_factory=list)  # (order_key, seq)
     welcomed: list[str] = field(default_factory=list)  # emails a welcome message went to
+    segments: dict[str, Segment] = field(default_factory=dict)  # creation order
+    segment_seq: int = 0
+    # contact id -> [(time.monotonic(), tags)], oldest first; only with tag history on
+    tag_history: dict[str, list[tuple[float, tuple[str, ...]]]] = field(default_factory=dict)
 
 
 def identifier(contact: Contact, kind: str) -> dict[str, Any] | None:
@@ -118,10 +156,14 @@ def email_status(contact: Contact) -> str | None:
 class Store:
     """Accounts keyed by API key. Callers hold `lock` around anything that must be atomic."""
 
-    def __init__(self, api_keys: tuple[str, ...], seed: int = 0) -> None:
+    def __init__(
+        self, api_keys: tuple[str, ...], seed: int = 0, tag_history_seconds: float = 0.0
+    ) -> None:
         self.lock = threading.RLock()
-        self.new_id: Callable[[], str] = IdFactory(seed)
+        self.new_id: Callable[..., str] = IdFactory(seed)
         self.accounts = {key: Account(key) for key in api_keys}
+        self.seed = seed
+        self.tag_history_seconds = tag_history_seconds
 
     def reset(self) -> None:
         with self.lock:
@@ -184,10 +226,37 @@ class Store:
                 props.pop(name, None)
             else:
                 props[name] = value
+        before = contact.get("tags")
         if write.tags is not None:
             contact["tags"] = list(write.tags)  # a body `tags` replaces
         contact.setdefault("tags", [])
         contact["updatedAt"] = now
+        if before != contact["tags"]:
+            self._remember_tags(account, contact)
+
+    def _remember_tags(self, account: Account, contact: Contact) -> None:
+        """Keep what a lagging statistics read needs: the entries of the last
+        `tag_history_seconds` and the one in force just before them."""
+        if self.tag_history_seconds <= 0:
+            return
+        now = time.monotonic()
+        history = account.tag_history.setdefault(contact["id"], [])
+        history.append((now, tuple(contact["tags"])))
+        horizon = now - self.tag_history_seconds
+        while len(history) > 1 and history[1][0] <= horizon:
+            history.pop(0)
+
+    def tags_as_of(self, account: Account, contact: Contact, at: float) -> tuple[str, ...] | None:
+        """The contact's tags at monotonic time `at`; None if it did not exist yet."""
+        history = account.tag_history.get(contact["id"])
+        if self.tag_history_seconds <= 0 or not history:
+            return tuple(contact["tags"])
+        found: tuple[str, ...] | None = None
+        for moment, tags in history:
+            if moment > at:
+                break
+            found = tags
+        return found
 
     def _set_identifier(
         self, account: Account, contact: Contact, write: IdentifierWrite, now: str
@@ -241,17 +310,20 @@ class Store:
     ) -> Iterator[tuple[int, Contact]]:
         """Matching contacts in creation order from position `start`, with positions.
 
-        No segments exist here, so a `segmentID` filter matches nothing. Hold `lock`
-        while consuming it.
+        `segment_id` selects the members of a saved segment by their current tags (an
+        unknown segment matches nothing). Hold `lock` while consuming it.
         """
-        if segment_id is not None:
+        segment = account.segments.get(segment_id) if segment_id is not None else None
+        if segment_id is not None and segment is None:
             return
         if email is not None:
             contact = self.by_email(account, email)
             if contact is not None:
                 seq = account.position[contact["id"]]
-                wanted = (tag is None or tag in contact["tags"]) and (
-                    status is None or email_status(contact) == status
+                wanted = (
+                    (tag is None or tag in contact["tags"])
+                    and (status is None or email_status(contact) == status)
+                    and (segment is None or matches(segment.condition_groups, contact["tags"]))
                 )
                 if seq >= start and wanted:
                     yield seq, contact
@@ -259,6 +331,8 @@ class Store:
         for seq in range(start, len(account.order)):
             contact = account.contacts[account.order[seq]]
             if tag is not None and tag not in contact["tags"]:
+                continue
+            if segment is not None and not matches(segment.condition_groups, contact["tags"]):
                 continue
             if status is not None and email_status(contact) != status:
                 continue
@@ -283,6 +357,7 @@ class Store:
                 if contact["tags"] != before:
                     contact["updatedAt"] = now
                     changed += 1
+                    self._remember_tags(account, contact)
         return changed
 
     def resolve(
@@ -306,40 +381,106 @@ class Store:
         generation: str,
         items: list[Any],
         fault: str | None,
+        created: float | None = None,
+        foreign: bool = False,
     ) -> Batch:
+        """Append a batch; `created` (Unix seconds) back-dates it (foreign batches made
+        earlier today). Callers add batches in creation order."""
         with self.lock:
+            batch_id = self.new_id(created)
+            digest = hashlib.blake2b(f"{self.seed}:{batch_id}".encode(), digest_size=8)
             batch = Batch(
-                batch_id=self.new_id(),
+                batch_id=batch_id,
                 seq=len(account.batches),
                 method=method,
                 endpoint=endpoint,
                 generation=generation,
-                created_at=utc_now(),
+                created_at=utc_now() if created is None else utc_at(int(created * 1000)),
                 # Items are a freshly parsed request body that nothing else holds: no copy.
-                items=[BatchItem(self.new_id(), item) for item in items],
+                items=[BatchItem(self.new_id(created), item) for item in items],
                 fault=fault,
+                order_key=digest.hexdigest(),
+                foreign=foreign,
             )
             account.batches.append(batch)
             account.batch_by_id[batch.batch_id] = batch
+            bisect.insort(account.batches_hashed, (batch.order_key, batch.seq))
             return batch
 
     def iter_batches(
         self,
         account: Account,
         *,
+        order: str = "newest_first",
         endpoint: str | None = None,
         status: str | None = None,
-        start: int | None = None,
-    ) -> Iterator[tuple[int, Batch]]:
-        """Newest first, from position `start` downwards."""
-        top = len(account.batches) - 1 if start is None else min(start, len(account.batches) - 1)
-        for seq in range(top, -1, -1):
+        date_from: str | None = None,
+        date_to: str | None = None,
+    ) -> Iterator[Batch]:
+        """Matching batches in `order` (see BATCH_ORDERS); dates are yyyy-mm-dd, inclusive,
+        compared with the UTC day of `createdAt`. Hold `lock` while consuming it."""
+        if order == "oldest_first":
+            seqs: Any = range(len(account.batches))
+        elif order == "unordered":
+            seqs = (seq for _, seq in account.batches_hashed)
+        else:
+            seqs = range(len(account.batches) - 1, -1, -1)
+        for seq in seqs:
             batch = account.batches[seq]
             if endpoint is not None and batch.endpoint != endpoint:
                 continue
             if status is not None and batch.status != status:
                 continue
-            yield seq, batch
+            if date_from is not None and batch.created_day < date_from:
+                continue
+            if date_to is not None and batch.created_day > date_to:
+                continue
+            yield batch
+
+    # -- segments -------------------------------------------------------------------
+
+    def add_segment(
+        self,
+        account: Account,
+        *,
+        name: str,
+        condition_groups: list[Any],
+        is_starred: bool,
+        building_seconds: float,
+    ) -> Segment:
+        with self.lock:
+            now = utc_now()
+            segment = Segment(
+                segment_id=self.new_id(),
+                seq=account.segment_seq,
+                name=name,
+                condition_groups=condition_groups,
+                created_at=now,
+                updated_at=now,
+                is_starred=is_starred,
+                building_until=time.monotonic() + building_seconds,
+            )
+            account.segment_seq += 1
+            account.segments[segment.segment_id] = segment
+            return segment
+
+    def replace_segment(
+        self,
+        segment: Segment,
+        *,
+        name: str,
+        condition_groups: list[Any],
+        is_starred: bool | None,
+        building_seconds: float,
+    ) -> Segment:
+        with self.lock:
+            segment.name = name
+            segment.condition_groups = condition_groups
+            if is_starred is not None:
+                segment.is_starred = is_starred
+            segment.updated_at = utc_now()
+            segment.building_until = time.monotonic() + building_seconds
+            return segment
 
     def all_contacts(self) -> list[Contact]:
         with self.lock:
