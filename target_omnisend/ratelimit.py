@@ -126,7 +126,9 @@ class WindowLimiter:
             theirs = max(int(remaining), 0)
             # Requests we cannot see used the budget: count them as ours, freed when the
             # server says its window resets (else a whole window from now).
-            until = min(seconds, self.window_seconds) if seconds is not None else None
+            until = (
+                min(seconds, self.window_seconds, self.max_wait) if seconds is not None else None
+            )
             stamp = (
                 now - self.window_seconds + (until if until is not None else self.window_seconds)
             )
