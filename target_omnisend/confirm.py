@@ -26,6 +26,10 @@ from target_omnisend.client import RequestRefused
 #: Batches are listed by creation day, in a time zone the docs do not name: asking from
 #: the day that was current 14 hours earlier covers every zone (UTC-12 to UTC+14).
 DAY_MARGIN = dt.timedelta(hours=14)
+#: How far Omnisend's clock may be behind ours when we seek our batches by createdAt.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+#: A seek stops narrowing once our batches are known to start within one page.
+PAGE = 250
 
 PageKey = dict[str, str] | str | None
 
@@ -42,6 +46,7 @@ class BatchLister(Protocol):
 class _Watch:
     submitted: float  # monotonic
     created_day: str  # earliest listing day that can hold it
+    created_after: dt.datetime  # Omnisend's createdAt is later than this
     misses: int = 0
     next_lookup: float = 0.0
     lookup_gap: float = 0.0
@@ -51,6 +56,7 @@ class _Watch:
 class WatchStats:
     list_requests: int = 0
     lookups: int = 0
+    seeks: int = 0
 
 
 @dataclass
@@ -60,6 +66,11 @@ class _Walk:
     found: dict[str, BatchStatus] = field(default_factory=dict)
     #: (when we submitted it, where to start a walk to find it) per expected batch seen
     hits: list[tuple[float, PageKey]] = field(default_factory=list)
+    #: Every entry seen so far in non-decreasing createdAt order (an oldest-first list).
+    ascending: bool = True
+    #: The server pages by offset (so positions can be asked for).
+    offsets: bool = True
+    last_created: dt.datetime | None = None
 
     def anchor(self) -> tuple[bool, PageKey]:
         """Where the next walk should start, if this one learned it. A list that puts
@@ -102,9 +113,10 @@ class BatchWatcher:
         self._typical_age = 0.0  # how long batches usually take to finish
 
     def watch(self, batch_id: str) -> None:
-        day = (self._wall_clock() - DAY_MARGIN).date().isoformat()
+        now = self._wall_clock()
+        day = (now - DAY_MARGIN).date().isoformat()
         with self._lock:
-            self._watched[batch_id] = _Watch(self._clock(), day)
+            self._watched[batch_id] = _Watch(self._clock(), day, now - CLOCK_SKEW)
 
     def forget(self, batch_id: str) -> None:
         with self._lock:
@@ -177,13 +189,45 @@ class BatchWatcher:
         learned, anchor = walk.anchor()
         if learned:
             self._start = anchor
+        elif expected and walk.ascending and walk.offsets and key is not None:
+            # Oldest first, ours beyond the page budget (other integrations' batches
+            # first): find where ours begin by createdAt, once, instead of paging.
+            since = min(w.created_after for w in watched.values())
+            self._start = {"offset": str(self._seek(day, since))}
         return walk
+
+    def _seek(self, day: str, since: dt.datetime) -> int:
+        """Offset of the first batch created after `since` in an oldest-first list:
+        galloping then bisecting with one-entry pages, to within one page."""
+        low, high = 0, PAGE
+        while self._created_before(day, high, since):
+            low, high = high, high * 2
+        while high - low > PAGE // 2:
+            middle = (low + high) // 2
+            if self._created_before(day, middle, since):
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def _created_before(self, day: str, offset: int, since: dt.datetime) -> bool:
+        """Whether the batch at `offset` exists and was created before `since`."""
+        self.stats.seeks += 1
+        self.stats.list_requests += 1
+        page = self.client.list_batches({"offset": str(offset)}, day, limit=1)
+        created = _parse_time(page.batches[0].created_at) if page.batches else None
+        return created is not None and created < since
 
     @staticmethod
     def _note(
         walk: _Walk, page: BatchPage, key: PageKey, watched: dict[str, _Watch], expected: set[str]
     ) -> None:
+        walk.offsets = walk.offsets and page.offset is not None
         for position, batch in enumerate(page.batches):
+            created = _parse_time(batch.created_at)
+            if created is None or (walk.last_created is not None and created < walk.last_created):
+                walk.ascending = False
+            walk.last_created = created or walk.last_created
             if batch.batch_id not in watched:
                 continue
             walk.found[batch.batch_id] = batch
@@ -201,3 +245,14 @@ class BatchWatcher:
         except RequestRefused:
             # Unknown to Omnisend (e.g. purged): nothing to wait for; its items go again.
             return BatchStatus(batch_id, "missing")
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    """An ISO 8601 createdAt as an aware datetime (UTC when it names no zone)."""
+    if not text:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
