@@ -57,9 +57,10 @@ def _lookups(server: OmnisendServer) -> int:
 def test_batches_are_confirmed_whatever_the_list_order_and_however_many_foreign_batches(
     order: str, tmp_path: Path
 ) -> None:
-    # 600 batches of other integrations today: three full pages before or after ours.
+    # 1,500 batches of other integrations today: six full pages before or after ours,
+    # more than one poll reads, so an oldest-first list must be sought, not paged.
     with OmnisendServer(
-        api_keys=(API_KEY,), batch_delay=0.05, batch_list_order=order, foreign_batches=600
+        api_keys=(API_KEY,), batch_delay=0.05, batch_list_order=order, foreign_batches=1500
     ) as server:
         records = _records(3000)
         run = run_target(
