@@ -100,7 +100,7 @@ class DeliveryEngine:
         max_pending_batches: int = 64,
         poll_interval: float = 0.5,
         max_poll_interval: float = 5.0,
-        sends_per_poll: int = 30,
+        sends_per_poll: int = 40,
         batch_timeout: float = 900.0,
         max_item_attempts: int = 3,
         tag_flush_after: float = 3.0,
@@ -126,6 +126,8 @@ class DeliveryEngine:
         self._jobs: dict[str, _Job] = {}
         self._open_items = 0
         self._sends_since_poll = 0
+        self._unsent = 0  # jobs handed to the senders, not yet posted (or refused)
+        self._fruitless_polls = 0  # polls in a row that confirmed nothing
         self._waiters = 0
         self._writing: Counter[str] = Counter()  # emails in a batch not yet confirmed
         self._unfinal: Counter[str] = Counter()  # emails without a final outcome yet
@@ -214,6 +216,8 @@ class DeliveryEngine:
 
     def _start(self, job: _Job) -> None:
         if not self._cancelled:
+            with self._cond:
+                self._unsent += 1
             self._pool.submit(self._guarded, self._send, job)
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
@@ -225,6 +229,14 @@ class DeliveryEngine:
             self._fail(exc)
 
     def _send(self, job: _Job) -> None:
+        try:
+            self._post(job)
+        finally:
+            with self._cond:
+                self._unsent -= 1
+                self._cond.notify_all()
+
+    def _post(self, job: _Job) -> None:
         if self._error is not None or self._cancelled:
             return
         try:
@@ -239,7 +251,6 @@ class DeliveryEngine:
             job.submitted_at = time.monotonic()
             self._jobs[batch_id] = job
             self.watcher.watch(batch_id)
-            self._cond.notify_all()
 
     def _refused(self, job: _Job, exc: RequestRefused) -> None:
         """A batch refused as a whole must not take its good items down with it: split
@@ -254,14 +265,16 @@ class DeliveryEngine:
     # -- confirming -------------------------------------------------------------------
 
     def _poll_due(self, last_poll: float) -> bool:
+        """Polls are paid from the writes' budget: one per `sends_per_poll` batches; for a
+        waiting barrier only once everything is posted (then less often while polls
+        confirm nothing); and at least every `max_poll_interval`."""
         elapsed = time.monotonic() - last_poll
         if elapsed < self.poll_interval:
             return False
-        return bool(
-            self._waiters
-            or self._sends_since_poll >= self.sends_per_poll
-            or elapsed >= self.max_poll_interval
-        )
+        if self._sends_since_poll >= self.sends_per_poll or elapsed >= self.max_poll_interval:
+            return True
+        backoff = self.poll_interval * 2 ** min(self._fruitless_polls, 10)
+        return bool(self._waiters and not self._unsent and elapsed >= backoff)
 
     def _poll_loop(self) -> None:
         last_poll = 0.0
@@ -292,14 +305,18 @@ class DeliveryEngine:
             self.stats.batch_lookups = self.watcher.stats.lookups
             jobs = dict(self._jobs)
         now = time.monotonic()
+        settled = 0
         for batch_id, job in jobs.items():
             status = statuses.get(batch_id)
             if status is not None and (status.final or status.status == "missing"):
+                settled += 1
                 self._untrack(batch_id)
                 self._settle(job, status)
             elif now - job.submitted_at > self.batch_timeout:
                 self._untrack(batch_id)
                 self._timed_out(job)
+        with self._cond:
+            self._fruitless_polls = 0 if settled else self._fruitless_polls + 1
 
     def _untrack(self, batch_id: str) -> None:
         with self._cond:
