@@ -266,14 +266,14 @@ class DeliveryEngine:
 
     def _poll_due(self, last_poll: float) -> bool:
         """Polls are paid from the writes' budget: one per `sends_per_poll` batches; for a
-        waiting barrier only once everything is posted (then less often while polls
-        confirm nothing); and at least every `max_poll_interval`."""
+        waiting barrier only once everything is posted (then up to 4x less often while
+        polls confirm nothing); and at least every `max_poll_interval`."""
         elapsed = time.monotonic() - last_poll
         if elapsed < self.poll_interval:
             return False
         if self._sends_since_poll >= self.sends_per_poll or elapsed >= self.max_poll_interval:
             return True
-        backoff = self.poll_interval * 2 ** min(self._fruitless_polls, 10)
+        backoff = self.poll_interval * 2 ** min(self._fruitless_polls, 2)
         return bool(self._waiters and not self._unsent and elapsed >= backoff)
 
     def _poll_loop(self) -> None:
