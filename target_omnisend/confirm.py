@@ -143,7 +143,9 @@ class BatchWatcher:
             for batch_id, watch in watched.items()
             if watch.misses < self.misses_before_lookup and now - watch.submitted < stale_after
         }
-        walk = self._walk(watched, expected, min(w.created_day for w in watched.values()))
+        day = min(w.created_day for w in watched.values())
+        # Only laggards left: their own lookups below are all it takes.
+        walk = self._walk(watched, expected, day) if expected else _Walk()
         with self._lock:
             for batch_id in expected:
                 watch = self._watched.get(batch_id)
