@@ -125,10 +125,10 @@ def test_rerun_with_many_changes_and_sparse_newcomers_completes_on_defaults(
         config = _config(server, tmp_path, segment_tag=SEGMENT_TAG)
         config.pop("tags_requests_per_minute")  # Omnisend's own 60/min
         config.pop("requests_per_minute")
-        known = _records(6600, tier="silver")
+        known = _records(6600, first_name="Ann")
         first = run_target(config, segment_messages(known, key=None), workdir=tmp_path)
         assert first.returncode == 0, first.stderr[-2000:]
-        changed = [{**r, "tier": "gold"} for r in known]
+        changed = [{**r, "first_name": "Bob"} for r in known]
         newcomers = _records(132, start=10_000)
         mixed = []
         for i, record in enumerate(changed):
@@ -142,6 +142,7 @@ def test_rerun_with_many_changes_and_sparse_newcomers_completes_on_defaults(
         took = time.monotonic() - started
         held = _held(server)
     assert second.returncode == 0, second.stderr[-2000:]
+    assert all(held[r["email"]]["firstName"] == "Bob" for r in known)  # 68 batches re-sent
     assert all(SEGMENT_TAG in held[r["email"]].get("tags", []) for r in newcomers)
     assert took < 60
 
