@@ -134,7 +134,11 @@ class WindowLimiter:
             )
             for _ in range(max(ours - theirs, 0)):
                 bisect.insort(self._sent, stamp)
-            if theirs == 0 and seconds is not None:
+            # Nothing left: our own log already waits for its oldest request unless the
+            # server counts requests we did not send; only then pause until its reset
+            # (a sliding window's Reset is rounded up to whole seconds: pausing on every
+            # "Remaining: 0" at the limit would throw away a second each time).
+            if theirs == 0 and ours > 0 and seconds is not None:
                 if seconds > self.max_wait:
                     self.logger.warning(
                         "Omnisend's rate-limit headers say the window resets in %.0f s; "
