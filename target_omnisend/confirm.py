@@ -95,7 +95,7 @@ class BatchWatcher:
         *,
         max_pages: int = 4,
         misses_before_lookup: int = 2,
-        min_stale_after: float = 30.0,
+        min_stale_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
