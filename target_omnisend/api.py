@@ -1,7 +1,9 @@
-"""What differs between Omnisend API generations, in one place.
+"""What differs between Omnisend API generations, and the wire shapes we read, in one place.
 
 The rest of the target speaks the 2026-03-15 dialect; an `ApiGeneration` turns that into
 the wire format of the configured generation and turns its errors back into one line.
+Batch statuses, per-item results and pages are parsed here into small typed values, so
+the delivery engine never reads raw keys (and a shape Omnisend changes is fixed here).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from typing import Any
+
+from target_omnisend.mapping import email_of
 
 DEFAULT_API_URL = "https://api.omnisend.com"
 LATEST_VERSION = "2026-03-15"
@@ -42,14 +46,14 @@ class ApiGeneration:
         return adapted
 
     def next_page(self, payload: dict[str, Any]) -> dict[str, str] | str | None:
-        """Query parameters (2026-03-15 cursor) or a full URL (v5) for the next page."""
+        """Query parameters (a cursor) or a full URL (`paging.next`, used by v5 and by
+        the offset-paged batch list) for the next page; None on the last page."""
         paging = payload.get("paging") or {}
-        if self.name == "v5":
-            return paging.get("next") or None
         cursors = paging.get("cursors") or {}
-        if paging.get("hasMore") and cursors.get("after"):
-            return {"after": cursors["after"]}
-        return None
+        if self.name != "v5" and paging.get("hasMore") and cursors.get("after"):
+            return {"after": str(cursors["after"])}
+        following = paging.get("next")
+        return following if isinstance(following, str) and following else None
 
 
 GENERATIONS: dict[str, ApiGeneration] = {
@@ -145,3 +149,88 @@ class SavedSegment:
 
     def follows(self, tag: str) -> bool:
         return is_tag_rule(self.condition_groups, tag)
+
+
+FINAL_BATCH_STATES = frozenset({"finished", "stopped"})
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    """What Omnisend says about one batch (`GET /batches/{id}` or an entry of the list)."""
+
+    batch_id: str
+    status: str
+    total: int | None = None
+    finished: int | None = None
+    errors: int | None = None
+    created_at: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_BATCH_STATES
+
+    def all_written(self, size: int) -> bool:
+        """Finished without errors *and* the counts add up for our `size` items: only
+        then is every item known to be written without looking at items one by one."""
+        return (
+            self.status == "finished"
+            and self.errors == 0
+            and self.total == size
+            and self.finished == size
+        )
+
+
+def parse_batch(raw: Any) -> BatchStatus | None:
+    """A batch status, or None for an entry without a batch id."""
+    if not isinstance(raw, dict) or not raw.get("batchID"):
+        return None
+    created = raw.get("createdAt")
+    return BatchStatus(
+        batch_id=str(raw["batchID"]),
+        status=str(raw.get("status") or ""),
+        total=_count(raw.get("totalCount")),
+        finished=_count(raw.get("finishedCount")),
+        errors=_count(raw.get("errorsCount")),
+        created_at=str(created) if created else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPage:
+    """One page of `GET /batches`, and how to ask for the next one."""
+
+    batches: list[BatchStatus]
+    following: dict[str, str] | str | None
+    #: Position of the first entry when the server pages by offset (documented), else None.
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One item of `GET /batches/{id}/items`, keyed by identity (never by position:
+    the order of that list is not documented)."""
+
+    email: str | None
+    code: int | None
+    response: Any
+
+
+def parse_item(raw: Any) -> ItemResult:
+    """The email comes from the echoed request or, when Omnisend does not echo it, from
+    the contact in the response; without either, the item cannot be matched."""
+    if not isinstance(raw, dict):
+        return ItemResult(None, None, None)
+    response = raw.get("response")
+    email = email_of(raw.get("request")) or email_of(response)
+    return ItemResult(
+        email=email.strip().lower() if email else None,
+        code=_count(raw.get("responseCode")) or None,
+        response=response,
+    )

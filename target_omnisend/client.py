@@ -8,6 +8,7 @@ are upserts keyed by email and tag writes are set operations.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 import logging
 import random
@@ -16,16 +17,27 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
 
-from target_omnisend.api import ApiGeneration, SavedSegment, problem_summary
+from target_omnisend.api import (
+    ApiGeneration,
+    BatchPage,
+    BatchStatus,
+    ItemResult,
+    SavedSegment,
+    parse_batch,
+    parse_item,
+    problem_summary,
+)
 from target_omnisend.errors import (
     AmbiguousWrite,
     AuthenticationError,
+    Cancelled,
     DeliveryError,
     FatalAPIError,
     MissingScope,
@@ -63,19 +75,22 @@ class ClientStats:
             self.by_status[status] = self.by_status.get(status, 0) + 1
 
 
-def retry_after_seconds(response: requests.Response, payload: Any) -> float:
-    """Honour `Retry-After` if present, then the body's `retryAfter`, then the window reset."""
-    for candidate in (
-        response.headers.get("Retry-After"),
-        payload.get("retryAfter") if isinstance(payload, dict) else None,
-        response.headers.get("X-Rate-Limit-Reset"),
-    ):
+def retry_after_seconds(response: requests.Response, payload: Any) -> float | None:
+    """The wait a 429 asks for: `Retry-After` (not documented, seconds or an HTTP date)
+    if present, then the problem body's `retryAfter` (documented), else None."""
+    header = response.headers.get("Retry-After")
+    if header is not None:
         try:
-            if candidate is not None:
-                return max(float(candidate), 0.0)
-        except (TypeError, ValueError):
-            continue
-    return 1.0
+            return max(float(header), 0.0)
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                when = email.utils.parsedate_to_datetime(header)
+                return max(when.timestamp() - time.time(), 0.0)
+    body = payload.get("retryAfter") if isinstance(payload, dict) else None
+    with contextlib.suppress(TypeError, ValueError):
+        if body is not None:
+            return max(float(body), 0.0)
+    return None
 
 
 class OmnisendClient:
@@ -105,6 +120,7 @@ class OmnisendClient:
         self.stats = ClientStats()
         self.logger = logger or logging.getLogger("target-omnisend.client")
         self._api_key = api_key
+        self._cancelled = threading.Event()
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
@@ -116,6 +132,12 @@ class OmnisendClient:
 
     def close(self) -> None:
         self._session.close()
+
+    def cancel(self) -> None:
+        """No request starts after this; threads waiting for the rate limit or a retry
+        raise `Cancelled` at once."""
+        self._cancelled.set()
+        self.limits.cancel()
 
     # -- the one way out --------------------------------------------------------------
 
@@ -149,6 +171,9 @@ class OmnisendClient:
         last_problem = "no attempt made"
         while True:
             limiter.acquire()
+            if self._cancelled.is_set():
+                raise Cancelled()
+            sent_at = time.monotonic()
             try:
                 # Never follow a redirect: it would carry the key (v5's X-API-KEY header
                 # survives a change of host) and, on 307/308, the profiles elsewhere.
@@ -166,6 +191,7 @@ class OmnisendClient:
                 self.stats.count(0)
             else:
                 self.stats.count(response.status_code)
+                limiter.note_latency(time.monotonic() - sent_at)
                 payload = _json_or_none(response)
                 status = response.status_code
                 if status != 429:
@@ -175,8 +201,6 @@ class OmnisendClient:
                         return payload
                     last_problem = f"HTTP {status} with a body that is not JSON"
                 elif status == 429:
-                    wait = retry_after_seconds(response, payload)
-                    limiter.pause(wait)
                     rate_limit_waits += 1
                     with self.stats.lock:
                         self.stats.rate_limited += 1
@@ -186,6 +210,7 @@ class OmnisendClient:
                             f"after {rate_limit_waits} waits; lower requests_per_minute or "
                             "check for other integrations sharing this account"
                         )
+                    limiter.pause(self._rate_limit_wait(response, payload, rate_limit_waits))
                     continue
                 elif 300 <= status < 400:
                     raise FatalAPIError(
@@ -230,7 +255,26 @@ class OmnisendClient:
                 self.max_retries,
                 delay,
             )
-            time.sleep(delay)
+            if self._cancelled.wait(delay):
+                raise Cancelled()
+
+    def _rate_limit_wait(self, response: requests.Response, payload: Any, waits: int) -> float:
+        """How long to pause after a 429: what the server asked for (`Retry-After`, the
+        body's `retryAfter`, the window reset, in that order), else a growing backoff.
+        A pause longer than `max_wait` ends the run with one line instead of a stall."""
+        limiter = self.limits["default"]
+        asked = retry_after_seconds(response, payload)
+        if asked is None:
+            asked = limiter.reset_hint(response.headers)
+        if asked is None:
+            return min(self.backoff_cap, self.backoff_base * 2 ** min(waits, 10))
+        if asked > self.limits.max_wait:
+            raise DeliveryError(
+                f"Omnisend asked to wait {asked:.0f} s before the next request (rate limit), "
+                f"longer than max_wait ({self.limits.max_wait:.0f} s); raise max_wait or run "
+                "when the account's other integrations are quieter"
+            )
+        return asked
 
     # -- endpoints --------------------------------------------------------------------
 
@@ -269,18 +313,32 @@ class OmnisendClient:
             f"Omnisend accepted batches but returned no batchID {self.max_retries + 1} times"
         )
 
-    def get_batch(self, batch_id: str) -> dict[str, Any]:
-        return self.call("GET", f"/batches/{batch_id}") or {}
+    def get_batch(self, batch_id: str) -> BatchStatus | None:
+        return parse_batch(self.call("GET", f"/batches/{batch_id}"))
 
-    def recent_batches(self, limit: int = 250) -> list[dict[str, Any]]:
-        """Newest contact batches in one request: one poll covers every batch in flight."""
-        payload = (
-            self.call("GET", "/batches", params={"endpoint": "contacts", "limit": limit}) or {}
+    def list_batches(
+        self, page: dict[str, str] | str | None, date_from: str, limit: int = 250
+    ) -> BatchPage:
+        """One page of today's contact batches (all statuses), from `page` (a cursor or
+        URL from an earlier page) or from the start."""
+        params = {"endpoint": "contacts", "dateFrom": date_from, "limit": str(limit)}
+        if isinstance(page, str):
+            payload = self.call("GET", "/batches", url=self._same_origin(page))
+        else:
+            payload = self.call("GET", "/batches", params={**params, **(page or {})})
+        payload = payload if isinstance(payload, dict) else {}
+        found = (parse_batch(raw) for raw in payload.get("batches") or [])
+        paging = payload.get("paging") if isinstance(payload.get("paging"), dict) else {}
+        offset = paging.get("offset") if isinstance(paging, dict) else None
+        return BatchPage(
+            batches=[batch for batch in found if batch is not None],
+            following=self.generation.next_page(payload),
+            offset=offset if isinstance(offset, int) else None,
         )
-        return list(payload.get("batches") or payload.get("data") or [])
 
-    def batch_items(self, batch_id: str) -> list[dict[str, Any]]:
-        return list(self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250}))
+    def batch_items(self, batch_id: str) -> list[ItemResult]:
+        pages = self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250})
+        return [parse_item(raw) for raw in pages]
 
     def list_contacts(self, **filters: Any) -> Iterator[dict[str, Any]]:
         yield from self._pages("/contacts", "contacts", {"limit": 250, **filters})
@@ -301,7 +359,9 @@ class OmnisendClient:
             if following is None:
                 return
             if isinstance(following, str):
-                payload = self.call("GET", path, url=following, group=group) or {}
+                payload = (
+                    self.call("GET", path, url=self._same_origin(following), group=group) or {}
+                )
             else:
                 payload = self.call("GET", path, params={**params, **following}, group=group) or {}
 
@@ -344,6 +404,11 @@ class OmnisendClient:
         with _scope("segments.read"):
             path = f"/segments/{segment_id}/statistics"
             return self.call("GET", path, group="segments_read") or {}
+
+    def _same_origin(self, url: str) -> str:
+        """A next-page URL is followed on our own API host only: the key goes with it."""
+        ours, theirs = urlsplit(self.root), urlsplit(url)
+        return urlunsplit((ours.scheme, ours.netloc, theirs.path, theirs.query, ""))
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -208,6 +208,17 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         description="Seconds a batch may stay unfinished before it is re-sent once; the run "
         "fails if the re-sent batch does not finish either",
     ),
+    _bounded(
+        "max_wait",
+        th.NumberType,
+        300,
+        (1, 86_400),
+        title="Max rate-limit wait",
+        description="Longest single pause, in seconds, the target accepts when Omnisend's "
+        "rate limit asks it to wait (429 retryAfter, Retry-After or the rate-limit reset). "
+        "A longer pause ends the run with a message naming this setting instead of a "
+        "silent stall; waits over a few seconds are logged",
+    ),
     th.Property(
         "rejected_records_path",
         th.StringType,

@@ -1,14 +1,17 @@
 """The delivery engine: batches in flight while the SDK keeps reading.
 
-Senders post batches concurrently; one poller confirms them with a single list
-request for all batches in flight (polling is paid from the same rate limit as
-writes, so it is kept to a few percent of requests). Contacts new to a segment are
-then tagged through the tags endpoint, 250 emails a call, on its own lower limit.
+Senders post batches concurrently; one poller confirms them through a `BatchWatcher`
+(the batch list, read where our batches are, whatever its order; polling is paid from
+the same rate limit as writes, so it is kept to a few percent of requests). Contacts new
+to a segment then go to the `TagQueue`: tag calls of up to 250 emails on their own
+lower limit, sent when full or a few seconds old.
 
-Accounting is per item: every item handed in gets exactly one final outcome
-(delivered or rejected). A submitted batch holds one of a bounded number of slots
-until all its items are final, which gives back-pressure: memory stays flat however
-long the input. `wait_idle()` is the barrier the target calls before it emits STATE.
+Accounting is per item. Every item handed in gets exactly one final outcome (delivered
+or rejected); a contact new to a segment is delivered only once its tag call succeeded,
+so nothing is checkpointed untagged. A submitted batch holds one of a bounded number of
+slots until Omnisend has confirmed (or refused) each of its items, not until tagging:
+back-pressure keeps memory flat, and tagging cannot starve writes. `wait_idle()` is the
+barrier the target calls before it emits STATE.
 """
 
 from __future__ import annotations
@@ -20,41 +23,21 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
-from target_omnisend.api import problem_summary
+from target_omnisend.api import BatchStatus, ItemResult, problem_summary
 from target_omnisend.client import OmnisendClient, RequestRefused
+from target_omnisend.confirm import BatchWatcher
 from target_omnisend.errors import Cancelled, DeliveryError
-from target_omnisend.mapping import email_of
+from target_omnisend.tagging import TAG_CHUNK, TagChunks, TagQueue
 
-T = TypeVar("T")
-FINAL_BATCH_STATES = frozenset({"finished", "stopped"})
-TAG_CHUNK = 250  # Omnisend: at most 250 emails per tags call
-
-
-class TagChunks(Generic[T]):
-    """Groups values (items or emails) by tag set into tag calls of ≤ 250 each. Not
-    thread-safe: the caller holds its own lock."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[str, ...], list[T]] = {}
-
-    def add(self, tags: tuple[str, ...], value: T) -> list[T] | None:
-        """Buffer one value; return a full chunk for `tags` when it is complete."""
-        buffer = self._buffers.setdefault(tags, [])
-        buffer.append(value)
-        return self._buffers.pop(tags) if len(buffer) >= TAG_CHUNK else None
-
-    def drain(self) -> list[tuple[tuple[str, ...], list[T]]]:
-        """Every partly filled chunk, emptied."""
-        chunks = [(tags, values) for tags, values in self._buffers.items() if values]
-        self._buffers.clear()
-        return chunks
+__all__ = ["TAG_CHUNK", "DeliveryEngine", "EngineStats", "Item", "OutcomeSink", "TagChunks"]
 
 
 @dataclass
 class _Ticket:
-    """One submitted batch; its slot is freed when its last item is final."""
+    """One submitted batch; its slot is freed when its last item has left the batch
+    stage (written, refused or given up on) — tagging happens after that."""
 
     emails: list[str]
     open_items: int
@@ -94,7 +77,12 @@ class _Job:
 @dataclass
 class EngineStats:
     batches_sent: int = 0
+    #: Requests spent reading the batch list (the common confirmation path).
     polls: int = 0
+    #: Rounds of confirmation (each one or a few list requests).
+    poll_rounds: int = 0
+    #: Per-batch `GET /batches/{id}` (only for batches the list keeps missing).
+    batch_lookups: int = 0
     items_fetches: int = 0
     resent_items: int = 0
     tag_calls: int = 0
@@ -112,9 +100,11 @@ class DeliveryEngine:
         max_pending_batches: int = 64,
         poll_interval: float = 0.5,
         max_poll_interval: float = 5.0,
-        sends_per_poll: int = 30,
+        sends_per_poll: int = 40,
         batch_timeout: float = 900.0,
         max_item_attempts: int = 3,
+        tag_flush_after: float = 3.0,
+        max_tag_backlog: int | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.client = client
@@ -122,23 +112,27 @@ class DeliveryEngine:
         self.logger = logger or logging.getLogger("target-omnisend.delivery")
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
-        self.sends_per_poll = sends_per_poll
+        # With few slots, waiting for many sends before a poll would idle the run.
+        self.sends_per_poll = max(1, min(sends_per_poll, max_pending_batches // 2))
         self.batch_timeout = batch_timeout
         self.max_item_attempts = max_item_attempts
+        self.max_tag_backlog = max_tag_backlog or max(TAG_CHUNK, 100 * max_pending_batches)
         self.stats = EngineStats()
+        self.watcher = BatchWatcher(client)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="omnisend-send")
-        # Tag calls wait on a 60/min budget: a thread of their own keeps them from
-        # starving contact writes.
-        self._tag_pool = ThreadPoolExecutor(1, thread_name_prefix="omnisend-tags")
+        self._tags: TagQueue[Item] = TagQueue(self._tag, self._fail, flush_after=tag_flush_after)
         self._slots = threading.Semaphore(max_pending_batches)
         self._cond = threading.Condition()
-        self._tracked: dict[str, _Job] = {}
+        self._jobs: dict[str, _Job] = {}
         self._open_items = 0
         self._sends_since_poll = 0
+        self._unsent = 0  # jobs handed to the senders, not yet posted (or refused)
+        self._fruitless_polls = 0  # polls in a row that confirmed nothing
         self._waiters = 0
-        self._tag_chunks: TagChunks[Item] = TagChunks()
-        self._inflight_emails: Counter[str] = Counter()
+        self._writing: Counter[str] = Counter()  # emails in a batch not yet confirmed
+        self._unfinal: Counter[str] = Counter()  # emails without a final outcome yet
         self._error: BaseException | None = None
+        self._cancelled = False
         self._closed = False
         self._poller = threading.Thread(target=self._poll_loop, name="omnisend-poll", daemon=True)
         self._poller.start()
@@ -151,76 +145,99 @@ class DeliveryEngine:
             return
         self.raise_if_failed()
         emails = [item.email for item in items]
-        with self._cond:
-            clash = any(email in self._inflight_emails for email in emails)
-        if clash:
-            # The same contact is still in an unconfirmed batch: Omnisend may apply
-            # batches in any order, so the newer data waits for the older write.
-            self.wait_idle()
-        while not self._slots.acquire(timeout=0.5):
+        # The same contact still in an unconfirmed batch: Omnisend may apply batches in
+        # any order, so the newer data waits for the older write.
+        self._wait_until(lambda: not any(email in self._writing for email in emails))
+        self._wait_until(lambda: self._tags.backlog < self.max_tag_backlog)
+        while not self._slots.acquire(timeout=0.25):
             self.raise_if_failed()
-            self._nudge()
         ticket = _Ticket(emails=emails, open_items=len(items))
         for item in items:
             item.ticket = ticket
         with self._cond:
-            self._inflight_emails.update(emails)
+            self._writing.update(emails)
+            self._unfinal.update(emails)
             self._open_items += len(items)
         self._start(_Job(items=items))
 
     def wait_idle(self) -> None:
         """Barrier: return once every submitted item has a final outcome."""
-        with self._cond:
-            self._waiters += 1
-            self._cond.notify_all()
-        try:
-            while True:
-                self._flush_tags()
-                with self._cond:
-                    if not self._open_items or self._error is not None:
-                        break
-                    self._cond.wait(timeout=0.2)
-        finally:
-            with self._cond:
-                self._waiters -= 1
-        self.raise_if_failed()
+        self._tags.flush()
+        self._wait_until(lambda: not self._open_items, flush_tags=True)
 
     def in_flight(self, email: str) -> bool:
-        """Submitted and not yet final (the latest version of a contact must not be
-        skipped as unchanged while an older one may still land after it)."""
+        """Submitted and not final yet (its write or its tag call is still on its way)."""
         with self._cond:
-            return email in self._inflight_emails
-
-    def cancel(self) -> None:
-        """Blocked `submit()`/`wait_idle()` calls raise `Cancelled`; nothing new is posted."""
-        self._fail(Cancelled("the run was cancelled"))
+            return email in self._unfinal
 
     def raise_if_failed(self) -> None:
+        if self._cancelled:
+            raise Cancelled()
         if self._error is not None:
             raise self._error
+
+    def cancel(self) -> None:
+        """Stop now: no new batch is posted, and every thread waiting in `submit()` or
+        `wait_idle()` raises `Cancelled` within a fraction of a second."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+        self.client.cancel()
+        self._tags.stop()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        failed = self._error is not None
-        self._pool.shutdown(wait=not failed, cancel_futures=failed)
-        self._tag_pool.shutdown(wait=not failed, cancel_futures=failed)
-        self._poller.join(timeout=5)
+        abandon = self._error is not None or self._cancelled
+        self._pool.shutdown(wait=not abandon, cancel_futures=abandon)
+        self._tags.stop()
+        self._poller.join(timeout=1 if abandon else 5)
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def _wait_until(self, done: Callable[[], bool], *, flush_tags: bool = False) -> None:
+        """Wait, counted as a waiter so the poller confirms promptly, until `done()`."""
+        with self._cond:
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                while True:
+                    self.raise_if_failed()
+                    if done():
+                        return
+                    self._cond.wait(timeout=0.2)
+                    if flush_tags:
+                        self._tags.flush()
+            finally:
+                self._waiters -= 1
 
     # -- sending ----------------------------------------------------------------------
 
     def _start(self, job: _Job) -> None:
-        self._pool.submit(self._guarded, self._send, job)
+        if not self._cancelled:
+            with self._cond:
+                self._unsent += 1
+            self._pool.submit(self._guarded, self._send, job)
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
+        except Cancelled:
+            return
         except BaseException as exc:  # any failure must stop the run, loudly
             self._fail(exc)
 
     def _send(self, job: _Job) -> None:
-        if self._error is not None:
+        try:
+            self._post(job)
+        finally:
+            with self._cond:
+                self._unsent -= 1
+                self._cond.notify_all()
+
+    def _post(self, job: _Job) -> None:
+        if self._error is not None or self._cancelled:
             return
         try:
             batch_id = self.client.create_batch([item.payload for item in job.items])
@@ -232,8 +249,8 @@ class DeliveryEngine:
             self._sends_since_poll += 1
             job.batch_id = batch_id
             job.submitted_at = time.monotonic()
-            self._tracked[batch_id] = job
-            self._cond.notify_all()
+            self._jobs[batch_id] = job
+            self.watcher.watch(batch_id)
 
     def _refused(self, job: _Job, exc: RequestRefused) -> None:
         """A batch refused as a whole must not take its good items down with it: split
@@ -247,57 +264,66 @@ class DeliveryEngine:
 
     # -- confirming -------------------------------------------------------------------
 
-    def _nudge(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
     def _poll_due(self, last_poll: float) -> bool:
+        """Polls are paid from the writes' budget: one per `sends_per_poll` batches; for a
+        waiting barrier only once everything is posted (then up to 4x less often while
+        polls confirm nothing); and at least every `max_poll_interval`."""
         elapsed = time.monotonic() - last_poll
         if elapsed < self.poll_interval:
             return False
-        return bool(
-            self._waiters
-            or self._sends_since_poll >= self.sends_per_poll
-            or elapsed >= self.max_poll_interval
-        )
+        if self._sends_since_poll >= self.sends_per_poll or elapsed >= self.max_poll_interval:
+            return True
+        backoff = self.poll_interval * 2 ** min(self._fruitless_polls, 2)
+        return bool(self._waiters and not self._unsent and elapsed >= backoff)
 
     def _poll_loop(self) -> None:
         last_poll = 0.0
         while True:
             with self._cond:
-                while not self._closed and not (self._tracked and self._poll_due(last_poll)):
+                while not self._stopping() and not (self._jobs and self._poll_due(last_poll)):
                     self._cond.wait(timeout=min(self.poll_interval, 0.25))
-                if (self._closed and not self._tracked) or self._error is not None:
+                if self._stopping() and (not self._jobs or self._error or self._cancelled):
                     return
                 self._sends_since_poll = 0
             last_poll = time.monotonic()
             try:
                 self._poll_once()
+            except Cancelled:
+                return
             except BaseException as exc:  # any failure must stop the run, loudly
                 self._fail(exc)
                 return
 
+    def _stopping(self) -> bool:
+        return self._closed or self._cancelled or self._error is not None
+
     def _poll_once(self) -> None:
+        statuses = self.watcher.poll()
         with self._cond:
-            tracked = dict(self._tracked)
-        self.stats.polls += 1
-        listed = {str(b.get("batchID")): b for b in self.client.recent_batches()}
+            self.stats.poll_rounds += 1
+            self.stats.polls = self.watcher.stats.list_requests
+            self.stats.batch_lookups = self.watcher.stats.lookups
+            jobs = dict(self._jobs)
         now = time.monotonic()
-        for batch_id, job in tracked.items():
-            batch = listed.get(batch_id)
-            if batch is None and now - job.submitted_at > self.max_poll_interval:
-                # Older than the newest page (other tools share the account): ask directly.
-                batch = self.client.get_batch(batch_id)
-            if batch is not None and batch.get("status") in FINAL_BATCH_STATES:
-                with self._cond:
-                    self._tracked.pop(batch_id, None)
-                self._settle(job, batch)
+        settled = 0
+        for batch_id, job in jobs.items():
+            status = statuses.get(batch_id)
+            if status is not None and (status.final or status.status == "missing"):
+                settled += 1
+                self._untrack(batch_id)
+                self._settle(job, status)
             elif now - job.submitted_at > self.batch_timeout:
+                self._untrack(batch_id)
                 self._timed_out(job)
+        with self._cond:
+            self._fruitless_polls = 0 if settled else self._fruitless_polls + 1
+
+    def _untrack(self, batch_id: str) -> None:
+        with self._cond:
+            self._jobs.pop(batch_id, None)
+        self.watcher.forget(batch_id)
 
     def _timed_out(self, job: _Job) -> None:
-        with self._cond:
-            self._tracked.pop(job.batch_id or "", None)
         if job.resent_after_timeout:
             raise DeliveryError(
                 f"Omnisend has not finished batch {job.batch_id} after "
@@ -311,76 +337,76 @@ class DeliveryEngine:
         )
         self._start(_Job(items=job.items, resent_after_timeout=True))
 
-    def _settle(self, job: _Job, batch: dict[str, Any]) -> None:
-        """Turn a final batch into per-item outcomes; unfinished items go out again."""
-        if batch.get("status") == "finished" and not int(batch.get("errorsCount") or 0):
-            self._delivered(job.items)
+    def _settle(self, job: _Job, status: BatchStatus) -> None:
+        """Turn a final batch into per-item outcomes. Only a clean batch whose counts
+        add up is taken whole; otherwise each item is matched to its own result by
+        identity, and an item without one is checked again by sending it alone."""
+        if status.all_written(len(job.items)):
+            self._written(job.items)
             return
-        self.stats.items_fetches += 1
-        results = self._item_results(job)
-        delivered: list[Item] = []
+        results: dict[str, ItemResult] = {}
+        listed: list[ItemResult] = []
+        if status.status != "missing":
+            with self._cond:
+                self.stats.items_fetches += 1
+            listed = self.client.batch_items(job.batch_id or "")
+            results = {r.email: r for r in listed if r.email}
+        if len(job.items) == 1 and len(listed) == 1 and job.items[0].email not in results:
+            results[job.items[0].email] = listed[0]  # one item, one result: no ambiguity
+        written: list[Item] = []
         retry: list[Item] = []
+        unknown: list[Item] = []
         for item in job.items:
-            code, response = results.get(item.email, (None, None))
+            result = results.get(item.email)
+            code = result.code if result is not None else None
             if code is not None and 200 <= code < 300:
-                delivered.append(item)
-            elif code is not None and 400 <= code < 500 and code != 429:
-                self._reject(item, "refused_by_omnisend", problem_summary(response, code))
-            else:
-                item.attempts += 1
-                if item.attempts >= self.max_item_attempts:
-                    why = f"HTTP {code}" if code else f"batch {batch.get('status')}"
-                    self._reject(
-                        item,
-                        "delivery_failed",
-                        f"Omnisend did not process it in {item.attempts} attempts ({why})",
-                    )
-                else:
-                    retry.append(item)
-        if delivered:
-            self._delivered(delivered)
+                written.append(item)
+            elif code is not None and 400 <= code < 500 and code not in (408, 409, 425, 429):
+                self._reject(item, "refused_by_omnisend", problem_summary(result.response, code))
+            elif self._attempt(item, f"HTTP {code}" if code else f"batch {status.status}"):
+                (retry if result is not None else unknown).append(item)
+        if written:
+            self._written(written)
+        self.stats.resent_items += len(retry) + len(unknown)
         if retry:
-            self.stats.resent_items += len(retry)
             self._start(_Job(items=retry))
+        if unknown and len(listed) > len(results):
+            # Results we could not match to items: alone, each result is unambiguous.
+            for item in unknown:
+                self._start(_Job(items=[item]))
+        elif unknown:
+            self._start(_Job(items=unknown))
 
-    def _item_results(self, job: _Job) -> dict[str, tuple[int | None, Any]]:
-        """Match per-item results to our items by the email in each item's request,
-        falling back to position when the request is not echoed."""
-        results: dict[str, tuple[int | None, Any]] = {}
-        for position, entry in enumerate(self.client.batch_items(job.batch_id or "")):
-            email = email_of(entry.get("request"))
-            if email is None and position < len(job.items):
-                email = job.items[position].email
-            code = entry.get("responseCode")
-            results[email or ""] = (int(code) if code else None, entry.get("response"))
-        return results
+    def _attempt(self, item: Item, why: str) -> bool:
+        """Count one failed attempt; False (and rejected) once attempts are used up."""
+        item.attempts += 1
+        if item.attempts < self.max_item_attempts:
+            return True
+        self._reject(
+            item,
+            "delivery_failed",
+            f"Omnisend did not process it in {item.attempts} attempts ({why})",
+        )
+        return False
 
-    # -- tagging contacts new to a segment ----------------------------------------------
+    # -- after the write: tagging contacts new to a segment -----------------------------
 
-    def _delivered(self, items: list[Item]) -> None:
+    def _written(self, items: list[Item]) -> None:
+        """Omnisend confirmed these writes: their batch slot is free now; contacts new to
+        a segment wait for their tag call before they count as delivered."""
+        self._leave_batch(items)
         untagged = [item for item in items if not item.tags]
         if untagged:
             self._final(untagged, None)
-        full: list[list[Item]] = []
-        with self._cond:
-            for item in items:
-                if item.tags:
-                    chunk = self._tag_chunks.add(item.tags, item)
-                    if chunk is not None:
-                        full.append(chunk)
-        for chunk in full:
-            self._tag_pool.submit(self._guarded, self._tag, chunk)
+        by_tags: dict[tuple[str, ...], list[Item]] = {}
+        for item in items:
+            if item.tags:
+                by_tags.setdefault(item.tags, []).append(item)
+        for tags, tagged in by_tags.items():
+            self._tags.add(tags, tagged)
 
-    def _flush_tags(self) -> None:
-        """At a barrier, partly filled tag calls go out rather than wait for company."""
-        with self._cond:
-            chunks = self._tag_chunks.drain()
-        for _, chunk in chunks:
-            self._tag_pool.submit(self._guarded, self._tag, chunk)
-
-    def _tag(self, items: list[Item]) -> None:
-        emails = [item.email for item in items]
-        self.client.add_tags(list(items[0].tags), emails)
+    def _tag(self, tags: tuple[str, ...], items: list[Item]) -> None:
+        self.client.add_tags(list(tags), [item.email for item in items])
         with self._cond:
             self.stats.tag_calls += 1
         self._final(items, None)
@@ -388,32 +414,43 @@ class DeliveryEngine:
     # -- bookkeeping ------------------------------------------------------------------
 
     def _reject(self, item: Item, code: str, reason: str) -> None:
+        self._leave_batch([item])
         self._final([item], (code, reason))
 
+    def _leave_batch(self, items: list[Item]) -> None:
+        """These items need nothing more from their batch: free slots that are done."""
+        released = 0
+        with self._cond:
+            for item in items:
+                self._drop(self._writing, item.email)
+                ticket = item.ticket
+                if ticket is None:
+                    continue
+                item.ticket = None
+                ticket.open_items -= 1
+                released += ticket.open_items == 0
+            self._cond.notify_all()
+        for _ in range(released):
+            self._slots.release()
+
     def _final(self, items: list[Item], rejection: tuple[str, str] | None) -> None:
-        """The one place an item becomes final: report it, then free its slot."""
+        """The one place an item becomes final: report it, then stop counting it."""
         if rejection is None:
             self.sink.delivered_items(items)
         else:
             for item in items:
                 self.sink.rejected_item(item, *rejection)
-        released: list[_Ticket] = []
         with self._cond:
             self._open_items -= len(items)
             for item in items:
-                ticket = item.ticket
-                if ticket is None:
-                    continue
-                ticket.open_items -= 1
-                if ticket.open_items == 0:
-                    released.append(ticket)
-                    for email in ticket.emails:
-                        self._inflight_emails[email] -= 1
-                        if self._inflight_emails[email] <= 0:
-                            del self._inflight_emails[email]
+                self._drop(self._unfinal, item.email)
             self._cond.notify_all()
-        for _ in released:
-            self._slots.release()
+
+    @staticmethod
+    def _drop(counter: Counter[str], email: str) -> None:
+        counter[email] -= 1
+        if counter[email] <= 0:
+            del counter[email]
 
     def _fail(self, exc: BaseException) -> None:
         with self._cond:

@@ -17,8 +17,9 @@ from typing import Any
 
 from target_omnisend.api import SavedSegment
 from target_omnisend.client import OmnisendClient, batch_body
-from target_omnisend.delivery import TAG_CHUNK, Item, OutcomeSink, TagChunks
+from target_omnisend.delivery import Item, OutcomeSink
 from target_omnisend.errors import Cancelled
+from target_omnisend.tagging import TAG_CHUNK, TagChunks
 from target_omnisend.writer import tagged_members
 
 

@@ -10,6 +10,7 @@ from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, Retriabl
 
 __all__ = [
     "AuthenticationError",
+    "Cancelled",
     "ConfigError",
     "DeliveryError",
     "FatalAPIError",
@@ -34,8 +35,11 @@ class DeliveryError(FatalAPIError):
 
 
 class Cancelled(Exception):
-    """The run was cancelled (SIGTERM/SIGINT): whatever waited gives up, nothing new is
-    sent, and no STATE follows."""
+    """The run is stopping (a signal or a failure elsewhere): whatever waited gives up at
+    once, nothing new is sent, and no STATE follows."""
+
+    def __init__(self, message: str = "delivery cancelled: the run is stopping") -> None:
+        super().__init__(message)
 
 
 class AmbiguousWrite(DeliveryError):

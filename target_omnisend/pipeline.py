@@ -88,7 +88,12 @@ class RunPipeline:
             base_url=settings.api_url,
             api_key=settings.api_key,
             generation=settings.generation,
-            limits=RateLimits(settings.requests_per_minute, settings.tags_requests_per_minute),
+            limits=RateLimits(
+                settings.requests_per_minute,
+                settings.tags_requests_per_minute,
+                max_wait=settings.max_wait,
+                logger=logger,
+            ),
             timeout=settings.request_timeout,
             max_retries=settings.max_retries,
             pool_size=settings.max_concurrency + 2,

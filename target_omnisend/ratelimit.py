@@ -1,19 +1,38 @@
-"""Pacing that keeps us inside Omnisend's fixed-window rate limit.
+"""Pacing that keeps us inside Omnisend's rate limit, whatever the server says or omits.
 
-Omnisend counts requests per account in fixed windows and reports the window on every
-response (`X-Rate-Limit-Limit/Remaining/Reset`). A local budget keeps concurrent
-workers from overshooting; the headers re-align that budget with the server's window,
-so a run spends its whole allowance in each window instead of guessing a steady rate.
+Omnisend counts requests per brand, across every key and integration of that brand;
+the 2026-03-15 docs describe a *sliding* window. So the budget here is a sliding log:
+at most `limit` requests in any `window_seconds`, which is never over a sliding window
+and never over a fixed one either (the older docs' model), at full throughput.
+
+The rate-limit headers are optional hints (2026-03-15 may not send them at all): a
+`Remaining` lower than ours means other traffic is using the brand's budget, so we
+count that traffic too; `Remaining: 0` with a `Reset` pauses until then. Every pause
+the server asks for is bounded by `max_wait` and every wait longer than a few seconds
+is logged once, so a run never stalls silently.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 
+from target_omnisend.errors import Cancelled
 
-def _header_number(headers: Mapping[str, str], name: str) -> float | None:
+#: A wait longer than this is worth one log line.
+NOTICEABLE_WAIT = 5.0
+#: Reset values above this are Unix timestamps (seconds), not "seconds left".
+_EPOCH_SECONDS = 1_000_000_000
+#: ... and above this, Unix timestamps in milliseconds.
+_EPOCH_MILLISECONDS = 100_000_000_000
+
+
+def header_number(headers: Mapping[str, str], name: str) -> float | None:
+    """A numeric header, or None when it is missing or not a number."""
     value = headers.get(name)
     if value is None:
         return None
@@ -23,65 +42,177 @@ def _header_number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
+def reset_seconds(value: float, now_epoch: float) -> float | None:
+    """Seconds until a `X-Rate-Limit-Reset` value, read as seconds left (documented) or,
+    when it is obviously a timestamp, as a Unix time in seconds or milliseconds. None
+    when it makes no sense (a timestamp in the past): the caller ignores it."""
+    if value >= _EPOCH_MILLISECONDS:
+        value = value / 1000.0 - now_epoch
+    elif value >= _EPOCH_SECONDS:
+        value = value - now_epoch
+    return value if value >= 0 else None
+
+
 class WindowLimiter:
-    """A fixed-window request budget for one endpoint group, corrected by the server."""
+    """A sliding-window request budget for one endpoint group, corrected by the server."""
 
     def __init__(
         self,
         requests_per_minute: float,
         window_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_wait: float = 300.0,
+        name: str = "default",
+        logger: logging.Logger | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._configured_limit = max(1, int(requests_per_minute * window_seconds / 60.0))
         self.limit = self._configured_limit
         self.window_seconds = window_seconds
+        self.max_wait = max_wait
+        self.name = name
+        self.logger = logger or logging.getLogger("target-omnisend.ratelimit")
         self._clock = clock
+        self._wall_clock = wall_clock
         self._cond = threading.Condition()
-        self._remaining = self.limit
-        self._window_end: float | None = None
+        self._sent: deque[float] = deque()  # send times inside the window, oldest first
+        self._paused_until = 0.0
+        self._announced_until = 0.0
+        self._noted_bad_reset = False
+        self._cancelled = False
+        self._margin = 0.0  # how late the server may see a request we sent
         self.waited_seconds = 0.0
+        self.longest_wait = 0.0
 
     def acquire(self) -> None:
-        """Block until the current window has budget left, then spend one request."""
+        """Block until the window has budget left, then spend one request."""
+        started: float | None = None
         with self._cond:
             while True:
+                if self._cancelled:
+                    raise Cancelled()
                 now = self._clock()
-                if self._window_end is None or now >= self._window_end:
-                    self._window_end = now + self.window_seconds
-                    self._remaining = self.limit
-                if self._remaining > 0:
-                    self._remaining -= 1
+                self._expire(now)
+                ready_at = self._ready_at(now)
+                if ready_at <= now:
+                    self._sent.append(now)
+                    if started is not None:
+                        waited = now - started
+                        self.waited_seconds += waited
+                        self.longest_wait = max(self.longest_wait, waited)
                     return
-                # Short waits: a header or a window change may free budget sooner.
-                self._cond.wait(timeout=min(self._window_end - now, 0.25))
-                self.waited_seconds += self._clock() - now
+                started = now if started is None else started
+                self._announce(now, ready_at)
+                # Short waits: a header or a 429 elsewhere may change the plan.
+                self._cond.wait(timeout=min(ready_at - now, 0.25))
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Adopt the server's view of the window: its limit (never above ours), its
-        remaining budget and when it resets."""
-        limit = _header_number(headers, "X-Rate-Limit-Limit")
-        remaining = _header_number(headers, "X-Rate-Limit-Remaining")
-        reset = _header_number(headers, "X-Rate-Limit-Reset")
-        if remaining is None or reset is None:
+        """Adopt the server's view when it gives one: its limit (never above ours), its
+        remaining budget (lower than ours = other traffic on the brand) and, when
+        nothing remains, when the window frees up."""
+        remaining = header_number(headers, "X-Rate-Limit-Remaining")
+        if remaining is None:
             return
+        limit = header_number(headers, "X-Rate-Limit-Limit")
+        reset = header_number(headers, "X-Rate-Limit-Reset")
         with self._cond:
+            now = self._clock()
             if limit is not None and limit > 0:
                 self.limit = min(self._configured_limit, int(limit))
-            now = self._clock()
-            server_end = now + max(reset, 0.0)
-            if self._window_end is None or abs(server_end - self._window_end) > 1.5:
-                self._window_end = server_end
-                self._remaining = min(self.limit, int(remaining))
-            else:
-                self._remaining = min(self._remaining, int(remaining))
+            self._expire(now)
+            seconds = self._reset_seconds(reset) if reset is not None else None
+            ours = self.limit - len(self._sent)
+            theirs = max(int(remaining), 0)
+            # Requests we cannot see used the budget: count them as ours, freed when the
+            # server says its window resets (else a whole window from now).
+            until = (
+                min(seconds, self.window_seconds, self.max_wait) if seconds is not None else None
+            )
+            stamp = (
+                now - self.window_seconds + (until if until is not None else self.window_seconds)
+            )
+            for _ in range(max(ours - theirs, 0)):
+                bisect.insort(self._sent, stamp)
+            # Nothing left: our own log already waits for its oldest request unless the
+            # server counts requests we did not send; only then pause until its reset
+            # (a sliding window's Reset is rounded up to whole seconds: pausing on every
+            # "Remaining: 0" at the limit would throw away a second each time).
+            if theirs == 0 and ours > 0 and seconds is not None:
+                if seconds > self.max_wait:
+                    self.logger.warning(
+                        "Omnisend's rate-limit headers say the window resets in %.0f s; "
+                        "waiting at most max_wait (%.0f s) before trying again",
+                        seconds,
+                        self.max_wait,
+                    )
+                self._pause_locked(now, min(seconds, self.max_wait))
             self._cond.notify_all()
 
-    def pause(self, seconds: float) -> None:
-        """The server said 429: nothing goes out until the time it named (Retry-After,
-        retryAfter or the window reset, in that order), then a fresh window starts."""
+    def note_latency(self, seconds: float) -> None:
+        """A request took this long: the server counted it up to that much later than we
+        did, so our window keeps each request that much longer (else a sliding window on
+        the server still holds a request we already let go of, and answers 429)."""
         with self._cond:
-            self._remaining = 0
-            self._window_end = self._clock() + max(seconds, 0.0)
+            self._margin = min(max(self._margin * 0.999, seconds), 2.0)
+
+    def pause(self, seconds: float) -> None:
+        """The server said 429 and named a time (the caller bounds it by `max_wait`):
+        nothing of this group goes out before then."""
+        with self._cond:
+            self._pause_locked(self._clock(), max(seconds, 0.0))
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """Every waiting and future `acquire` raises `Cancelled`."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def reset_hint(self, headers: Mapping[str, str]) -> float | None:
+        """Seconds until the window resets according to the headers, if they say."""
+        reset = header_number(headers, "X-Rate-Limit-Reset")
+        if reset is None:
+            return None
+        with self._cond:
+            return self._reset_seconds(reset)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_seconds - self._margin
+        while self._sent and self._sent[0] <= horizon:
+            self._sent.popleft()
+
+    def _ready_at(self, now: float) -> float:
+        ready = max(now, self._paused_until)
+        excess = len(self._sent) - self.limit
+        if excess >= 0:
+            ready = max(ready, self._sent[excess] + self.window_seconds + self._margin)
+        return ready
+
+    def _pause_locked(self, now: float, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, now + seconds)
+
+    def _announce(self, now: float, ready_at: float) -> None:
+        """One line per long wait, however many threads share it."""
+        if ready_at - now > NOTICEABLE_WAIT and ready_at > self._announced_until + 1.0:
+            self._announced_until = ready_at
+            self.logger.info(
+                "waiting %.0f s for Omnisend's rate-limit window (%s requests)",
+                ready_at - now,
+                self.name,
+            )
+
+    def _reset_seconds(self, reset: float) -> float | None:
+        seconds = reset_seconds(reset, self._wall_clock())
+        if seconds is None and not self._noted_bad_reset:
+            self._noted_bad_reset = True
+            self.logger.info(
+                "Omnisend sent an X-Rate-Limit-Reset that is neither seconds left nor a future "
+                "time; ignoring it and pacing by requests_per_minute alone"
+            )
+        return seconds
 
 
 #: Omnisend's own budgets for saved segments, per brand, apart from the 400/min backend.
@@ -92,13 +223,28 @@ SEGMENT_READS_PER_MINUTE = 100
 class RateLimits:
     """One limiter per Omnisend endpoint group: tags have their own, much lower limit."""
 
-    def __init__(self, requests_per_minute: float, tags_requests_per_minute: float) -> None:
+    def __init__(
+        self,
+        requests_per_minute: float,
+        tags_requests_per_minute: float,
+        *,
+        max_wait: float = 300.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.max_wait = max_wait
         self.groups = {
-            "default": WindowLimiter(requests_per_minute),
-            "tags": WindowLimiter(tags_requests_per_minute),
-            "segments_write": WindowLimiter(SEGMENT_WRITES_PER_MINUTE),  # POST/PUT /segments
-            "segments_read": WindowLimiter(SEGMENT_READS_PER_MINUTE),  # GET/DELETE /segments
+            group: WindowLimiter(rpm, max_wait=max_wait, name=group, logger=logger)
+            for group, rpm in (
+                ("default", requests_per_minute),
+                ("tags", tags_requests_per_minute),
+                ("segments_write", SEGMENT_WRITES_PER_MINUTE),  # POST/PUT /segments
+                ("segments_read", SEGMENT_READS_PER_MINUTE),  # GET/DELETE /segments
+            )
         }
+
+    def cancel(self) -> None:
+        for limiter in self.groups.values():
+            limiter.cancel()
 
     def __getitem__(self, group: str) -> WindowLimiter:
         return self.groups[group]

@@ -65,6 +65,7 @@ class Settings:
     max_retries: int
     batch_poll_interval: float
     batch_timeout: float
+    max_wait: float
     rejected_records_path: str | None
     segment_tag: str
     tags: tuple[str, ...]
@@ -286,6 +287,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         max_retries=int(_number(config, "max_retries")),
         batch_poll_interval=_number(config, "batch_poll_interval"),
         batch_timeout=_number(config, "batch_timeout"),
+        max_wait=_number(config, "max_wait"),
         rejected_records_path=_path(config, "rejected_records_path"),
         segment_tag=segment_tag,
         tags=tags,

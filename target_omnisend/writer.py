@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from target_omnisend.api import SavedSegment
 from target_omnisend.client import OmnisendClient
-from target_omnisend.delivery import TAG_CHUNK, DeliveryEngine, Item
+from target_omnisend.delivery import DeliveryEngine, Item
 from target_omnisend.mapping import email_of
+from target_omnisend.tagging import TAG_CHUNK
 
 
 class Writer(Protocol):

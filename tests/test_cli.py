@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,20 +161,24 @@ def test_transient_server_errors_and_429s_are_retried(
     server: OmnisendServer, config: dict, tmp_path: Path
 ) -> None:
     server.add_fault(FaultRule(method="POST", path="/batches", kind="status", status=503, times=2))
-    # Retry-After (header) wins over the body's retryAfter and the window reset.
+    # Retry-After (header, 2 s) wins over the body's retryAfter (the window reset, ~60 s).
     server.add_fault(
         FaultRule(
-            method="POST", path="/batches", kind="rate_limit", times=1, headers={"Retry-After": "1"}
+            method="POST", path="/batches", kind="rate_limit", times=1, headers={"Retry-After": "2"}
         )
     )
     records = [{"email": f"r{i}@example.com"} for i in range(250)]
+    started = time.monotonic()
     run = run_target(config, segment_messages(records, key=None), workdir=tmp_path)
+    took = time.monotonic() - started
 
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(server.contacts()) == 250
     assert server.count(method="POST", path_prefix="/batches", status=503) == 2
     assert server.count(method="POST", path_prefix="/batches", status=429) == 1
     assert run.states
+    # It waited what Retry-After said: not less, and not the window's ~60 s.
+    assert 2 <= took < 20
 
 
 def test_server_failing_beyond_retries_exits_non_zero_without_state(

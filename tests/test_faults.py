@@ -328,11 +328,32 @@ def assert_failed_cleanly(run: LiveRun, records: list[dict[str, Any]], *expected
 # -- fixtures ------------------------------------------------------------------------------
 
 
+#: Where Omnisend's documentation is silent the local server can be told to behave each
+#: plausible way; the fault matrix runs against each (issue 13).
+CHARACTERS: dict[str, dict[str, Any]] = {
+    "documented": {},
+    "busy_oldest_first": {
+        "batch_list_order": "oldest_first",
+        "foreign_batches": 300,
+        "foreign_batches_per_minute": 120,
+        "rate_limit_reset": "epoch",
+    },
+    "unordered_unechoed": {
+        "batch_list_order": "unordered",
+        "foreign_batches": 300,
+        "items_order": "shuffled",
+        "echo_item_request": False,
+        "rate_limit_headers": False,
+    },
+}
+
+
 @pytest.fixture
-def slow_server() -> Iterable[OmnisendServer]:
+def slow_server(request: pytest.FixtureRequest) -> Iterable[OmnisendServer]:
     """Batches take a moment to process, as Omnisend's do: a STATE written before its
     batches were confirmed would be caught holding records the server does not have."""
-    with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.1) as srv:
+    character = CHARACTERS[getattr(request, "param", "documented")]
+    with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.1, **character) as srv:
         yield srv
 
 
@@ -397,6 +418,7 @@ SURVIVABLE: dict[str, Callable[[], list[FaultRule]]] = {
 }
 
 
+@pytest.mark.parametrize("slow_server", list(CHARACTERS), indirect=True)
 @pytest.mark.parametrize("fault", list(SURVIVABLE))
 def test_run_survives_fault_with_every_record_accounted_for(
     fault: str, slow_server: OmnisendServer, fault_config: dict, tmp_path: Path
@@ -416,6 +438,7 @@ def test_run_survives_fault_with_every_record_accounted_for(
     assert all(contacts[r["email"]]["firstName"] == r["first_name"] for r in records)
 
 
+@pytest.mark.parametrize("slow_server", list(CHARACTERS), indirect=True)
 def test_per_item_errors_reject_only_those_items(
     slow_server: OmnisendServer, fault_config: dict, tmp_path: Path
 ) -> None:

@@ -1,10 +1,17 @@
-"""Pacing: a fixed-window budget that follows Omnisend's rate-limit headers."""
+"""Pacing: a sliding-window budget that uses Omnisend's rate-limit headers when they come,
+bounds every wait they imply and says so when a wait is long."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
-from target_omnisend.ratelimit import WindowLimiter
+import pytest
+
+from target_omnisend.errors import Cancelled
+from target_omnisend.ratelimit import WindowLimiter, reset_seconds
+
+EPOCH = 1_790_000_000.0
 
 
 class FakeClock:
@@ -15,7 +22,7 @@ class FakeClock:
         return self.now
 
 
-def test_budget_is_spent_then_refilled_when_the_window_ends() -> None:
+def test_budget_is_spent_then_refilled_as_the_window_slides() -> None:
     clock = FakeClock()
     limiter = WindowLimiter(3, clock=clock)
     for _ in range(3):
@@ -71,3 +78,96 @@ def test_pause_after_429_blocks_until_the_given_time() -> None:
     assert not done.wait(0.2)
     clock.now += 5.5
     assert done.wait(2)
+
+
+def _acquire_in_background(limiter: WindowLimiter) -> threading.Event:
+    done = threading.Event()
+    threading.Thread(target=lambda: (limiter.acquire(), done.set()), daemon=True).start()
+    return done
+
+
+def test_sliding_window_never_allows_more_than_the_limit_in_any_window() -> None:
+    """Spending the budget at the end of one minute leaves none at the start of the
+    next: a fixed-window client would send twice the limit across the boundary."""
+    clock = FakeClock()
+    limiter = WindowLimiter(3, clock=clock)
+    clock.now += 59
+    for _ in range(3):
+        limiter.acquire()
+    clock.now += 2  # a fixed window would have reset here
+    done = _acquire_in_background(limiter)
+    assert not done.wait(0.2)
+    clock.now += 58
+    assert done.wait(2)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(7, 7.0), (EPOCH + 42, 42.0), ((EPOCH + 42) * 1000, 42.0), (EPOCH - 5, None)],
+)
+def test_reset_is_read_as_seconds_or_as_a_timestamp(value: float, expected: float | None) -> None:
+    assert reset_seconds(value, EPOCH) == expected
+
+
+def test_reset_as_epoch_pauses_until_then_not_for_decades() -> None:
+    clock = FakeClock()
+    limiter = WindowLimiter(400, clock=clock, wall_clock=lambda: EPOCH)
+    limiter.observe({"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": str(EPOCH + 3)})
+    done = _acquire_in_background(limiter)
+    assert not done.wait(0.2)
+    clock.now += 3.1
+    assert done.wait(2)
+
+
+def test_an_hour_long_reset_is_cut_to_max_wait_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    limiter = WindowLimiter(400, clock=clock, max_wait=30)
+    with caplog.at_level(logging.INFO):
+        limiter.observe({"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "3600"})
+        done = _acquire_in_background(limiter)
+        assert not done.wait(0.3)
+    assert "resets in 3600 s; waiting at most max_wait (30 s)" in caplog.text
+    assert "waiting 30 s for Omnisend's rate-limit window" in caplog.text
+    clock.now += 30.1
+    assert done.wait(2)
+
+
+def test_other_traffic_on_the_brand_uses_up_our_budget_too() -> None:
+    clock = FakeClock()
+    limiter = WindowLimiter(10, clock=clock)
+    limiter.acquire()
+    # We sent 1 of 10, yet only 2 remain: another integration sent 7.
+    limiter.observe({"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Remaining": "2"})
+    limiter.acquire()
+    limiter.acquire()
+    done = _acquire_in_background(limiter)
+    assert not done.wait(0.2)
+    clock.now += 61
+    assert done.wait(2)
+
+
+def test_missing_or_garbled_headers_change_nothing() -> None:
+    limiter = WindowLimiter(2, clock=FakeClock())
+    limiter.observe({})
+    limiter.observe({"X-Rate-Limit-Remaining": "soon", "X-Rate-Limit-Reset": "later"})
+    limiter.acquire()
+    limiter.acquire()  # the whole configured budget is still there
+
+
+def test_cancel_wakes_a_waiting_request_at_once() -> None:
+    limiter = WindowLimiter(1, clock=FakeClock())
+    limiter.acquire()
+    raised = threading.Event()
+
+    def waiter() -> None:
+        try:
+            limiter.acquire()
+        except Cancelled:
+            raised.set()
+
+    threading.Thread(target=waiter, daemon=True).start()
+    assert not raised.wait(0.2)
+    limiter.cancel()
+    assert raised.wait(1)
