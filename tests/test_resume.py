@@ -81,7 +81,7 @@ def _kill_mid_run(
         pages(records),
         tmp_path,
         drain_seconds=0.3,
-        page_pause=0.08,
+        page_pause=0.2,  # ~6 s of input: several checkpoints come out before the end
         kill_after_states=kill_after_states,
     )
     assert first.returncode == -9, first.stderr[-2000:]
