@@ -313,9 +313,15 @@ class RunPipeline:
                     "mirror_trigger: end_of_input if the tap always sends the whole segment)"
                 )
         totals = self.outcomes.totals()
-        failed = sum(totals[n]["rejected_by_reason"].get("delivery_failed", 0) for n in names)
+        failed = sum(
+            totals[n]["rejected_by_reason"].get("delivery_failed", 0) for n in names if n in totals
+        )
         if failed:
             return f"{failed} contact(s) could not be delivered in this run"
+        if not any(name in totals for name in names):
+            # Whatever mirror_max_removal_ratio allows: an empty read looks exactly like
+            # a broken source, and "everyone left" is not something to act on unseen.
+            return "the run brought no record of the segment at all"
         return None
 
     def _report(self) -> None:

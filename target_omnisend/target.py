@@ -13,6 +13,7 @@ from typing import Any
 from singer_sdk.configuration._dict_config import parse_environment_config
 from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
 from singer_sdk.helpers._classproperty import classproperty
+from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
@@ -80,7 +81,8 @@ class TargetOmnisend(Target):
         mapped to): only such streams may be mirrored. Contacts have no table versions."""
         self._assert_line_requires(message_dict, requires={"stream"})
         for stream_map in self.mapper.stream_maps.get(message_dict["stream"], []):
-            self.pipeline.read_in_full(stream_map.stream_alias)
+            if not isinstance(stream_map, RemoveRecordTransform):  # a stream mapped away
+                self.pipeline.read_in_full(stream_map.stream_alias)
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()

@@ -9,11 +9,7 @@ re-runs" and "Reliability → Cancel, dry run, partial reads, shared stores" are
 from __future__ import annotations
 
 import json
-import random
-import signal
 import sqlite3
-import subprocess
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,9 +18,7 @@ import pytest
 
 from tests.conftest import API_KEY
 from tests.harness import (
-    TARGET_BIN,
     create_contact,
-    encode,
     read_jsonl,
     run_target,
     stored_email,
@@ -161,3 +155,201 @@ def test_dry_run_on_a_store_from_an_older_release_previews_and_leaves_it_alone(
     assert sum(len(body["items"]) for body in batches) == 10
     assert not Path(str(path) + "-wal").exists()
     assert held(server) == set()
+
+
+# -- mirror ---------------------------------------------------------------------------------
+
+
+def test_an_untag_applied_but_never_confirmed_does_not_leave_a_returning_member_untagged(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Mirror removes the tag, the answer is lost (connection reset after applying, every
+    retry): the run fails. When the members come back, they must be tagged again — not
+    skipped as 'unchanged' by fingerprints that still say they were delivered and tagged."""
+    mirror_config.update(max_retries=1, mirror_max_removal_ratio=0.6)
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    server.add_fault(FaultRule(method="DELETE", path="/contacts/tags", kind="reset", apply=True))
+    failed = run_target(mirror_config, full_read(range(5)), workdir=tmp_path)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert tagged(server) == members(0, 5)  # the untag was applied
+    server.clear_faults()
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    assert tagged(server) == members(0, 10)
+
+
+def test_a_mixed_case_email_omnisend_lists_under_the_tag_counts_as_its_present_member(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Another tool (or a release before lower-casing) created `Member3@Example.com` with
+    the segment tag. Its member is in the segment: that contact keeps the tag."""
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    create_contact(
+        server.url, API_KEY, "Member3@Example.COM", "nonSubscribed", "2000-01-01T00:00:00Z", [TAG]
+    )
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    assert tagged(server) == members(0, 10) | {"Member3@Example.COM"}
+    assert summary(mirror_config)["mirror"][TAG]["removed"] == 0
+
+
+def test_an_input_with_activate_version_and_no_records_removes_nobody_even_at_ratio_one(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """An empty full read looks exactly like a broken source. Even a user who allows any
+    share of leavers (ratio 1.0) does not mean 'an empty read empties the segment'."""
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    mirror_config["mirror_max_removal_ratio"] = 1.0
+    run = ok(run_target(mirror_config, full_read([]), workdir=tmp_path))
+    assert tagged(server) == members(0, 10)
+    assert summary(mirror_config)["mirror"][TAG]["removed"] == 0
+    assert "removed nothing" in run.stderr
+
+
+def test_with_ratio_one_a_read_that_still_has_members_may_remove_all_the_others(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The other side of the line drawn above: ratio 1.0 means 'any share'; one member
+    present makes the read a real one."""
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    mirror_config["mirror_max_removal_ratio"] = 1.0
+    ok(run_target(mirror_config, full_read([0]), workdir=tmp_path))
+    assert tagged(server) == members(0, 1)
+
+
+@pytest.mark.parametrize("confirm_runs", [1, 2, 3])
+def test_a_leaver_loses_the_tag_after_exactly_mirror_confirm_runs_complete_runs(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path, confirm_runs: int
+) -> None:
+    mirror_config["mirror_confirm_runs"] = confirm_runs
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    for run in range(1, 4):
+        ok(run_target(mirror_config, full_read(range(9)), workdir=tmp_path))
+        expected = members(0, 9) if run >= confirm_runs else members(0, 10)
+        assert tagged(server) == expected, f"after {run} run(s) without member9"
+
+
+def test_an_incremental_run_between_two_complete_runs_does_not_count_as_one(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Staged removals count complete runs in a row; a run without ACTIVATE_VERSION
+    (incremental) neither advances nor clears the stage."""
+    mirror_config["mirror_confirm_runs"] = 2
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    ok(run_target(mirror_config, full_read(range(9)), workdir=tmp_path))
+    incremental = [schema(), record(0), state({"bookmarks": {}})]
+    ok(run_target(mirror_config, incremental, workdir=tmp_path))
+    assert tagged(server) == members(0, 10)
+    ok(run_target(mirror_config, full_read(range(9)), workdir=tmp_path))
+    assert tagged(server) == members(0, 9)
+
+
+def test_two_streams_one_tag_with_one_read_incompletely_removes_nothing(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    both = [*full_read(range(0, 10), "vip_eu"), *full_read(range(10, 20), "vip_us")]
+    ok(run_target(mirror_config, both, workdir=tmp_path))
+    assert tagged(server) == members(0, 20)
+    # vip_us is read incrementally this time (no ACTIVATE_VERSION), with one record.
+    partial = [*full_read(range(0, 10), "vip_eu"), schema("vip_us"), record(10, "vip_us")]
+    run = ok(run_target(mirror_config, partial, workdir=tmp_path))
+    assert tagged(server) == members(0, 20)
+    assert "vip_us" in summary(mirror_config)["mirror"][TAG]["skipped"]
+    assert "removed nothing" in run.stderr
+
+
+def test_a_stream_renamed_by_a_stream_map_is_mirrored_under_its_new_name(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """ACTIVATE_VERSION names the tap's stream; the sink (and tag) use the alias."""
+    store_config.update(
+        sync_mode="mirror",
+        mirror_confirm_runs=1,
+        segment_tag="segment:{stream_name}",
+        stream_maps={"vip": {"__alias__": "gold_members"}},
+    )
+    ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
+    assert tagged(server, "segment:gold_members") == members(0, 10)
+    ok(run_target(store_config, full_read(range(8)), workdir=tmp_path))
+    assert tagged(server, "segment:gold_members") == members(0, 8)
+    assert tagged(server, "segment:vip") == set()
+
+
+def test_a_stream_dropped_by_a_stream_map_is_never_mirrored(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """`stream_maps: {vip: null}` filters the stream out; its ACTIVATE_VERSION must not
+    turn into 'every member of segment:vip left'."""
+    store_config.update(
+        sync_mode="mirror",
+        mirror_confirm_runs=1,
+        segment_tag="segment:{stream_name}",
+        mirror_max_removal_ratio=1.0,
+    )
+    ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
+    dropped = {**store_config, "stream_maps": {"vip": None}}
+    ok(run_target(dropped, full_read(range(10)), workdir=tmp_path))
+    assert tagged(server, "segment:vip") == members(0, 10)
+
+
+def test_a_second_schema_for_the_stream_mid_read_keeps_the_read_complete(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The tap widens the schema halfway (a new column): the SDK makes a new sink and
+    re-registers the stream maps; the read is still the full read ACTIVATE_VERSION began."""
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    wider = {**SCHEMA["properties"], "city": {"type": ["string", "null"]}}
+    messages = [
+        schema(),
+        activate(),
+        *(record(i) for i in range(4)),
+        schema(properties=wider),
+        *(record(i, city="Vilnius") for i in range(4, 8)),
+        state({"bookmarks": {"vip": {}}}),
+    ]
+    ok(run_target(mirror_config, messages, workdir=tmp_path))
+    assert tagged(server) == members(0, 8)
+    assert server.contact(email(5))["city"] == "Vilnius"
+
+
+def test_full_refresh_under_mirror_sends_everything_and_still_untags_only_leavers(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    refresh = {**mirror_config, "full_refresh": True}
+    ok(run_target(refresh, full_read(range(9)), workdir=tmp_path))
+    assert summary(refresh)["streams"]["vip"]["delivered"] == 9
+    assert tagged(server) == members(0, 9)
+    # member9 comes back: tagged again although its data never changed.
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    assert tagged(server) == members(0, 10)
+
+
+def test_a_member_omnisend_refuses_this_run_keeps_the_tag(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    server.add_fault(FaultRule(kind="item_error", email_pattern=r"^member[27]@"))
+    ok(run_target(mirror_config, full_read(range(10), tier="platinum"), workdir=tmp_path))
+    rejected = read_jsonl(Path(mirror_config["rejected_records_path"]))
+    assert sorted(r["record"]["email"] for r in rejected) == [email(2), email(7)]
+    assert tagged(server) == members(0, 10)
+
+
+def test_the_same_member_in_two_segments_loses_only_the_tag_of_the_one_it_left(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    store_config.update(
+        sync_mode="mirror", mirror_confirm_runs=1, segment_tag="segment:{stream_name}"
+    )
+    both = [*full_read(range(0, 10), "gold"), *full_read(range(5, 15), "silver")]
+    ok(run_target(store_config, both, workdir=tmp_path))
+    # member5 leaves gold, stays in silver (same data): it keeps segment:silver.
+    later = [
+        *full_read([i for i in range(10) if i != 5], "gold"),
+        *full_read(range(5, 15), "silver"),
+    ]
+    ok(run_target(store_config, later, workdir=tmp_path))
+    assert tagged(server, "segment:gold") == members(0, 10) - {email(5)}
+    assert tagged(server, "segment:silver") == members(5, 15)
+    # ... and when it comes back to gold, it is tagged gold again.
+    ok(run_target(store_config, both, workdir=tmp_path))
+    assert tagged(server, "segment:gold") == members(0, 10)
