@@ -8,8 +8,14 @@ re-runs" and "Reliability → Cancel, dry run, partial reads, shared stores" are
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
+import signal
 import sqlite3
+import subprocess
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,9 @@ import pytest
 
 from tests.conftest import API_KEY
 from tests.harness import (
+    TARGET_BIN,
     create_contact,
+    encode,
     read_jsonl,
     run_target,
     stored_email,
@@ -353,3 +361,112 @@ def test_the_same_member_in_two_segments_loses_only_the_tag_of_the_one_it_left(
     # ... and when it comes back to gold, it is tagged gold again.
     ok(run_target(store_config, both, workdir=tmp_path))
     assert tagged(server, "segment:gold") == members(0, 10)
+
+
+# -- cancel -------------------------------------------------------------------------------
+
+
+def _slow_tap(stdin: Any, count: int, every: int, pause: float) -> None:
+    """A tap that reads for a while: `every` records, a STATE ({"upto": last index}),
+    a pause, and so on; it stops quietly when the target is gone."""
+    try:
+        stdin.write(encode([schema(), activate()]))
+        for start in range(0, count, every):
+            chunk = [record(i) for i in range(start, min(start + every, count))]
+            stdin.write(encode([*chunk, state({"upto": start + len(chunk) - 1})]))
+            stdin.flush()
+            time.sleep(pause)
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()
+
+
+def _cancel_after(
+    config: dict[str, Any], delay: float, signum: int, workdir: Path
+) -> tuple[int, list[dict[str, Any]], str]:
+    (workdir / "config.json").write_text(json.dumps(config))
+    with (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [str(TARGET_BIN), "--config", str(workdir / "config.json")],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+            cwd=workdir,
+        )
+        tap = threading.Thread(target=_slow_tap, args=(proc.stdin, 300, 30, 0.08))
+        tap.start()
+        time.sleep(delay)
+        proc.send_signal(signum)
+        proc.wait(timeout=120)
+        tap.join()
+    stdout = (workdir / "stdout").read_text()
+    states = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return proc.returncode, states, (workdir / "stderr").read_text("utf-8", "replace")
+
+
+def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states(
+    tmp_path: Path,
+) -> None:
+    """20 cancels at seeded random moments (start-up, mid-read, waiting for a batch slot,
+    checkpoints, the end): exit 128+signal (or a clean finish when the signal came after
+    the end), one ERROR line, and every STATE printed covers only members Omnisend holds
+    *and* has tagged. A re-run from the last STATE then completes the segment."""
+    rng = random.Random(14)
+    outcomes: list[int] = []
+    with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.15, latency=(0.0, 0.02)) as slow:
+        for trial in range(20):
+            slow.reset()
+            workdir = tmp_path / f"trial{trial}"
+            workdir.mkdir()
+            config = {
+                "api_key": API_KEY,
+                "api_url": slow.url,
+                "segment_tag": TAG,
+                "max_pending_batches": 6,
+                "batch_size": 50,
+                "batch_poll_interval": 0.05,
+                "state_interval": 0.2,
+                "rejected_records_path": str(workdir / "rejected.jsonl"),
+                "fingerprint_store_path": str(workdir / "fingerprints.sqlite"),
+            }
+            signum = rng.choice([signal.SIGTERM, signal.SIGINT])
+            delay = rng.uniform(0.0, 2.5)
+            code, states, stderr = _cancel_after(config, delay, signum, workdir)
+            where = f"trial {trial}: {signal.Signals(signum).name} after {delay:.2f}s"
+            assert "Traceback" not in stderr, where
+            if code == -signum:  # the signal came while the finished process was exiting
+                assert "Run finished" in stderr, f"{where}: killed\n{stderr[-2000:]}"
+                code = 0
+            assert code in (0, 128 + signum), f"{where}: exit {code}\n{stderr[-2000:]}"
+            outcomes.append(code)
+            errors = [line for line in stderr.splitlines() if "ERROR" in line]
+            assert len(errors) == (0 if code == 0 else 1), f"{where}: {errors}"
+            time.sleep(0.5)  # tag calls are asynchronous (202): applied after batch_delay
+            for earned in states:
+                covered = members(0, earned["upto"] + 1)
+                assert covered <= tagged(slow), f"{where}: STATE {earned} covers unsent records"
+            # The scheduler re-runs the tap from the last STATE.
+            start = states[-1]["upto"] + 1 if states else 0
+            rerun = [schema(), *(record(i) for i in range(start, 300)), state({"upto": 299})]
+            ok(run_target(config, rerun, workdir=workdir, timeout=60))
+            time.sleep(0.5)
+            assert tagged(slow) == members(0, 300), where
+    # The moments were spread: some runs were cancelled, some finished first.
+    assert 0 in outcomes and {130, 143} & set(outcomes), outcomes
+
+
+@pytest.mark.parametrize("delay", [0.12, 0.3])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_ends_the_run_in_one_line(
+    tmp_path: Path, config: dict[str, Any], delay: float, signum: int
+) -> None:
+    """While Python imports the SDK (before any handler of the SDK's exists). The first
+    few tens of milliseconds, while the interpreter itself starts, are Python's own."""
+    code, states, stderr = _cancel_after(config, delay, signum, tmp_path)
+    assert code == 128 + signum, stderr
+    assert states == []
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cancelled" in errors[0], stderr
