@@ -186,9 +186,14 @@ class RunPipeline:
         run_started_at = self.settings.mapping.run_started_at
         carry = stream.carry
         unchanged = 0
+        others = [other for other in self._streams.values() if other is not stream]
         for item in items:
             if seen is not None:
                 seen.add(item.email)
+            for other in others:  # an older version waits in another segment's carry:
+                older = other.carry.pop(item.email, None)
+                if older is not None:  # it goes first, so this one lands after it
+                    self.writer.submit([older])
             item.payload = encode(item.body)
             if store is not None:
                 item.fingerprint = fingerprint(item.payload, run_started_at)

@@ -49,6 +49,9 @@ class TargetOmnisend(Target):
                 LATEST_VERSION,
             )
         self.pipeline = RunPipeline.start(settings, self.logger)
+        # The pipeline is the one ordered consumer (delivery is concurrent behind it): the
+        # SDK's drains on parallel threads would hand segments over in a random order.
+        self.max_parallelism = 1
         # The SDK drains (and so checkpoints) every _MAX_RECORD_AGE_IN_MINUTES.
         self._MAX_RECORD_AGE_IN_MINUTES = settings.state_interval / 60
 
