@@ -567,3 +567,37 @@ def test_the_newest_record_wins_when_an_older_one_is_still_in_a_slow_batch(
         messages = [schema(), *(record(0, tier=t) for t in versions), record(1)]
         ok(run_target(config, messages, workdir=tmp_path))
         assert slow.contact(email(0))["customProperties"]["tier"] == "gold"
+
+
+# -- counters and what Omnisend holds -----------------------------------------------------
+
+
+def test_counters_reconcile_and_agree_with_what_omnisend_holds(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Duplicates within and across drains, schema failures, refusals, unchanged rows —
+    and a record without its key property (the email), which the SDK made fatal."""
+    config = {**store_config, "batch_size_rows": 7}
+    ok(run_target(config, full_read(range(10)), workdir=tmp_path))
+    server.add_fault(FaultRule(kind="item_error", email_pattern=r"^member1[12]@"))
+    messages = [
+        schema(),
+        activate(),
+        *(record(i) for i in range(10)),  # unchanged
+        *(record(i, tier="silver") for i in range(10, 20)),
+        *(record(i, tier="bronze") for i in range(15, 25)),  # 15..19 again, newer
+        {"type": "RECORD", "stream": "vip", "record": {"email": 5, "first_name": "x"}},
+        {"type": "RECORD", "stream": "vip", "record": {"first_name": "no email"}},
+        state({"n": 1}),
+    ]
+    ok(run_target(config, messages, workdir=tmp_path))
+    counts = summary(config)["streams"]["vip"]
+    assert reconciles(counts), counts
+    assert counts["unchanged"] == 10
+    assert counts["rejected"] == 4  # 2 refused by Omnisend, 1 schema, 1 missing email
+    assert counts["merged_duplicates"] == 5
+    stored = {stored_email(c): c for c in server.contacts()}
+    assert set(stored) == members(0, 25) - {email(11), email(12)}
+    assert counts["delivered"] == 13  # 10..24, less the 2 refused
+    for i in range(15, 25):
+        assert stored[email(i)]["customProperties"]["loyalty_tier"] == "bronze"
