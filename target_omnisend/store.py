@@ -54,6 +54,10 @@ _TABLES = {
 _SCHEMA = ";\n".join(_TABLES.values()) + ";"
 
 
+class StoreUnusable(Exception):
+    """The store file exists but is not a store this target can read (or stays locked)."""
+
+
 def fingerprint(payload: str, run_started_at: str) -> bytes:
     """Of the exact JSON sent (bodies are built in a fixed key order, so equal contacts
     give equal text). Stable across runs: the run's own timestamp (used for undated
@@ -100,7 +104,13 @@ class FingerprintStore:
         self._queue_lock = threading.Lock()
         self._queued: list[tuple[str, str, bytes]] = []
         self._parts: dict[str, str] = {}
-        self._db = self._open()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnusable(
+                f"the fingerprint store {self.path} cannot be used ({exc}); move it aside (the "
+                "next run then sends every contact once) or set fingerprint_store_path"
+            ) from None
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)

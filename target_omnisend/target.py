@@ -15,6 +15,7 @@ from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
 from singer_sdk.helpers._classproperty import classproperty
 from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.singerlib.exceptions import InvalidInputLine
+from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_omnisend.api import LATEST_VERSION
@@ -77,7 +78,10 @@ class TargetOmnisend(Target):
         """STATE only once every record before it has a final outcome, and never in a dry
         run or after a cancel."""
         if self.pipeline.checkpoint():
-            super()._write_state_message(state)
+            # Not the SDK's json.dumps: its reader makes every JSON number with a fraction a
+            # Decimal, which json.dumps refuses (a tap's float bookmark failed the run).
+            sys.stdout.write(serialize_json(state) + "\n")
+            sys.stdout.flush()
 
     def _process_activate_version_message(self, message_dict: dict) -> None:
         """ACTIVATE_VERSION marks a full-table read (of every stream the tap's stream is

@@ -601,3 +601,189 @@ def test_counters_reconcile_and_agree_with_what_omnisend_holds(
     assert counts["delivered"] == 13  # 10..24, less the 2 refused
     for i in range(15, 25):
         assert stored[email(i)]["customProperties"]["loyalty_tier"] == "bronze"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="delivery.py settles a batch as all delivered on status finished + errorsCount 0 "
+    "without checking finishedCount == totalCount; the skipped item is counted delivered, its "
+    "fingerprint stored and a STATE emitted over it (fetch the items when the counts differ)",
+)
+def test_a_batch_that_says_finished_but_skipped_an_item_is_not_counted_as_delivered(
+    store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """`inconsistent_batches`: every 2nd batch reports finished with no errors while its
+    last item stays pending (finishedCount < totalCount). The STATE after it must not
+    cover a contact Omnisend never stored."""
+    with OmnisendServer(api_keys=(API_KEY,), inconsistent_batches=0.5) as odd:
+        config = {**store_config, "api_url": odd.url, "batch_size": 10}
+        run = ok(run_target(config, full_read(range(40)), workdir=tmp_path))
+        assert run.states, "no STATE"
+        counts = summary(config)["streams"]["vip"]
+        assert counts["delivered"] + counts["rejected"] == 40
+        assert len(held(odd)) == counts["delivered"]
+
+
+# -- stores shared, locked, broken --------------------------------------------------------
+
+
+def _start(config: dict[str, Any], payload: bytes, workdir: Path) -> subprocess.Popen[bytes]:
+    """The target reading `payload` from a file: several start reading at once."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(config))
+    (workdir / "input.singer").write_bytes(payload)
+    with (workdir / "input.singer").open("rb") as tap_output:
+        return subprocess.Popen(
+            [str(TARGET_BIN), "--config", str(workdir / "config.json")],
+            stdin=tap_output,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+        )
+
+
+def test_two_pipelines_on_one_store_at_the_same_moment_keep_their_own_decisions(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Three pipelines at once on one new store: two segments, and the first segment
+    mapped a second way. Twice: the second time every pipeline finds all unchanged."""
+    other_mapping = {**store_config, "custom_properties": {"tier": "loyalty_tier"}}
+    jobs = [
+        (store_config, full_read(range(0, 300), "gold")),
+        (store_config, full_read(range(200, 500), "silver")),
+        (other_mapping, full_read(range(0, 300), "gold")),
+    ]
+    for attempt in range(2):
+        procs = []
+        for n, (config, messages) in enumerate(jobs):
+            own = {**config, "summary_path": str(tmp_path / f"s{n}.json")}
+            procs.append(_start(own, encode(messages), tmp_path / f"p{attempt}{n}"))
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            assert b"locked" not in err
+        for n in range(3):
+            streams = json.loads((tmp_path / f"s{n}.json").read_text())["streams"]
+            ((name, counts),) = streams.items()
+            assert counts["received"] == 300
+            assert counts["unchanged"] == (0 if attempt == 0 else 300), (attempt, name, counts)
+
+
+def test_a_store_held_locked_by_another_process_for_a_while_is_waited_for(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    path = Path(store_config["fingerprint_store_path"])
+    ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
+    holder = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], isolation_level=None);"
+            " db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(3);"
+            " db.execute('COMMIT')",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    run = ok(run_target(store_config, full_read(range(12)), workdir=tmp_path))
+    holder.wait(timeout=30)
+    assert summary(store_config)["streams"]["vip"]["unchanged"] == 10
+    assert run.states
+
+
+def test_a_corrupt_store_stops_the_run_in_one_line_naming_the_file(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    path = Path(store_config["fingerprint_store_path"])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a database" * 100)
+    run = run_target(store_config, full_read(range(5)), workdir=tmp_path)
+    assert run.returncode == 1
+    assert run.stdout == "" and held(server) == set()
+    errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and str(path) in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+
+
+# -- odd input ----------------------------------------------------------------------------
+
+
+def test_odd_state_values_pass_through_exactly(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    value = {
+        "bookmarks": {"vip": {"replication_key_value": 0.1, "tiny": 1e-7, "huge": 1.5e300}},
+        "big": 123456789012345678901234567890,
+        "neg": -0.0,
+        "text": "ünïcode ✓",
+        "list": [1, 2.5, None, True],
+    }
+    raw = json.dumps({"type": "STATE", "value": value})
+    run = ok(run_target(config, [schema(), record(0), raw], workdir=tmp_path))
+    assert [json.loads(line) for line in run.stdout.splitlines()] == [value]
+
+
+def test_an_email_that_differs_only_by_case_across_runs_is_one_unchanged_contact(
+    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+) -> None:
+    ok(run_target(store_config, full_read(range(3)), workdir=tmp_path))
+    shouted = [
+        schema(),
+        *(
+            {
+                "type": "RECORD",
+                "stream": "vip",
+                "record": {**record(i)["record"], "email": f"  MEMBER{i}@Example.COM "},
+            }
+            for i in range(3)
+        ),
+    ]
+    ok(run_target(store_config, shouted, workdir=tmp_path))
+    assert summary(store_config)["streams"]["vip"]["unchanged"] == 3
+    assert held(server) == members(0, 3)
+
+
+def test_empty_input_under_mirror_is_a_successful_run_that_changes_nothing(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    ok(run_target(mirror_config, full_read(range(5)), workdir=tmp_path))
+    before = Path(mirror_config["fingerprint_store_path"]).read_bytes()
+    run = ok(run_target(mirror_config, b"", workdir=tmp_path))
+    assert run.stdout == ""
+    assert tagged(server) == members(0, 5)
+    assert server.count(method="DELETE") == 0
+    assert Path(mirror_config["fingerprint_store_path"]).read_bytes() == before
+
+
+# -- dry run previews -----------------------------------------------------------------------
+
+
+def test_a_dry_run_previews_exactly_the_removals_the_real_run_then_makes(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """With staging (confirm_runs 2): after one complete run without members 7..9, the
+    preview of the next run lists them, and the real run removes exactly them."""
+    mirror_config["mirror_confirm_runs"] = 2
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    ok(run_target(mirror_config, full_read(range(7)), workdir=tmp_path))
+    assert tagged(server) == members(0, 10)
+    dry = {**mirror_config, "dry_run": True, "dry_run_path": str(tmp_path / "dry.jsonl")}
+    preview = ok(run_target(dry, full_read(range(7)), workdir=tmp_path))
+    assert preview.stdout == ""
+    planned = read_jsonl(tmp_path / "dry.jsonl")
+    previewed = {e for p in planned if p["method"] == "DELETE" for e in p["body"]["emails"]}
+    assert previewed == members(7, 10)
+    ok(run_target(mirror_config, full_read(range(7)), workdir=tmp_path))
+    assert members(0, 10) - tagged(server) == previewed
+
+
+def test_a_dry_run_without_a_store_creates_none(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    dry = {**mirror_config, "dry_run": True, "dry_run_path": str(tmp_path / "dry.jsonl")}
+    run = ok(run_target(dry, full_read(range(5)), workdir=tmp_path))
+    assert run.stdout == ""
+    assert not Path(mirror_config["fingerprint_store_path"]).parent.exists()
+    assert held(server) == set()
+    assert server.count(method="POST") == 0
