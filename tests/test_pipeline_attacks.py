@@ -787,3 +787,51 @@ def test_a_dry_run_without_a_store_creates_none(
     assert not Path(mirror_config["fingerprint_store_path"]).parent.exists()
     assert held(server) == set()
     assert server.count(method="POST") == 0
+
+
+def test_a_signal_during_mirror_ends_in_one_line_and_returning_members_are_tagged_again(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The last STATE is out, mirror is untagging (slowly) when SIGTERM comes."""
+    mirror_config["mirror_max_removal_ratio"] = 0.6
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    server.add_fault(
+        FaultRule(method="DELETE", path="/contacts/tags", kind="delay", seconds=3, apply=True)
+    )
+    proc = _start(mirror_config, encode(full_read(range(5))), tmp_path / "cancelled")
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline()) == {"bookmarks": {"vip": {"rows": 5}}}
+    time.sleep(1.0)  # listing the tag is quick; the untag takes 3 s to be answered
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr.decode()[-2000:]
+    assert stdout == b""
+    errors = [line for line in stderr.decode().splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cancelled" in errors[0]
+    server.clear_faults()
+    time.sleep(3.5)  # the untag that was under way lands
+    assert tagged(server) == members(0, 5)
+    ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
+    time.sleep(0.2)
+    assert tagged(server) == members(0, 10)
+
+
+def test_a_signal_while_rejections_are_being_logged_ends_in_one_line(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The reading thread is inside a log call (every bad record logs a warning) when the
+    signal handler logs and flushes the same streams."""
+    bad = [
+        {"type": "RECORD", "stream": "vip", "record": {"email": f"bad{i}"}} for i in range(100_000)
+    ]
+    payload = encode([schema(), *bad])
+    rng = random.Random(7)
+    for trial in range(4):
+        proc = _start({**config, "fingerprint_store_path": ""}, payload, tmp_path / f"t{trial}")
+        time.sleep(rng.uniform(1.0, 2.0))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        text = err.decode()
+        assert proc.returncode == 143, text[-1000:]
+        assert "Traceback" not in text and "Logging error" not in text
+        assert len([line for line in text.splitlines() if "ERROR" in line]) == 1
