@@ -18,6 +18,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
+from target_omnisend.mapping import normalize_email
 from target_omnisend.store import FingerprintStore
 from target_omnisend.writer import Writer
 
@@ -61,6 +62,14 @@ def decide(
     return MirrorDecision(remove=remove, staged=staged)
 
 
+def _member_key(email: str) -> str:
+    """How the run's members were recorded: normalised. A contact Omnisend lists as
+    `Jane@X.com` (another tool, or an export before lower-casing) is the member
+    `jane@x.com`; if she is present it keeps the tag (the safe direction)."""
+    key = normalize_email(email)
+    return key if isinstance(key, str) else email
+
+
 def mirror_tag(
     tag: str,
     *,
@@ -77,8 +86,8 @@ def mirror_tag(
     absent: list[str] = []
     for email in writer.tagged_members(tag):
         tagged += 1
-        if email not in present:
-            absent.append(email)
+        if _member_key(email) not in present:
+            absent.append(email)  # removed by the identity Omnisend listed
     decision = decide(
         tagged,
         absent,
@@ -90,10 +99,12 @@ def mirror_tag(
     if decision.refused:
         logger.warning("Mirror of tag '%s' removed nothing: %s", tag, decision.refused)
         return {"removed": 0, "tagged": tagged, "skipped": decision.refused}
-    writer.remove_tags(tag, decision.remove)
+    # Forget first: if the untag is applied but its answer is lost (the run then fails),
+    # a member who comes back must be sent and tagged again, not skipped as unchanged.
     store.forget_tagged(tag, decision.remove)
     store.record_absences(tag, decision.staged, run_id)
     store.commit()
+    writer.remove_tags(tag, decision.remove)
     verb = "lost" if writer.sends else "would lose"
     logger.info(
         "Mirror of tag '%s': %d of %d tagged contact(s) %s the tag; %d more absent, kept "

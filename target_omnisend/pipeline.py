@@ -194,9 +194,14 @@ class RunPipeline:
         run_started_at = self.settings.mapping.run_started_at
         carry = stream.carry
         unchanged = 0
+        others = [other for other in self._streams.values() if other is not stream]
         for item in items:
             if seen is not None:
                 seen.add(item.email)
+            for other in others:  # an older version waits in another segment's carry:
+                older = other.carry.pop(item.email, None)
+                if older is not None:  # it goes first, so this one lands after it
+                    self.writer.submit([older])
             item.payload = encode(item.body)
             if store is not None:
                 item.fingerprint = fingerprint(item.payload, run_started_at)
@@ -342,9 +347,15 @@ class RunPipeline:
                     "mirror_trigger: end_of_input if the tap always sends the whole segment)"
                 )
         totals = self.outcomes.totals()
-        failed = sum(totals[n]["rejected_by_reason"].get("delivery_failed", 0) for n in names)
+        failed = sum(
+            totals[n]["rejected_by_reason"].get("delivery_failed", 0) for n in names if n in totals
+        )
         if failed:
             return f"{failed} contact(s) could not be delivered in this run"
+        if not any(name in totals for name in names):
+            # Whatever mirror_max_removal_ratio allows: an empty read looks exactly like
+            # a broken source, and "everyone left" is not something to act on unseen.
+            return "the run brought no record of the segment at all"
         return None
 
     def _report(self) -> None:

@@ -59,6 +59,15 @@ class ContactsSink(BatchSink):
             super()._parse_timestamps_in_record(fields, schema, treatment)
             record.update(fields)
 
+    def _singer_validate_message(self, record: dict) -> None:
+        """The SDK stops the whole run when a record lacks a key property. A tap keyed by
+        the email (`key_properties: [email]`) would then lose the segment to one profile
+        without an email: that record is rejected (`missing_email`) like any other. A
+        missing key of another kind is still the SDK's input error."""
+        email_key = self.mapping.email_field.split(".", 1)[0]
+        if any(key not in record for key in self._key_properties if key != email_key):
+            super()._singer_validate_message(record)
+
     def get_validator(self) -> CapturingValidator | None:
         return CapturingValidator(self.schema) if self.validate_schema else None
 

@@ -39,25 +39,30 @@ _MAX_QUEUED = 10_000
 _BUSY_TIMEOUT = 60.0
 PARTITION_TTL_DAYS = 90
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS partitions (
+_TABLES = {
+    "partitions": """CREATE TABLE IF NOT EXISTS partitions (
     part TEXT PRIMARY KEY, scope TEXT NOT NULL, stream TEXT NOT NULL,
     config_hash TEXT NOT NULL, tags TEXT NOT NULL, last_used REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS contact_fingerprints (
+)""",
+    "contact_fingerprints": """CREATE TABLE IF NOT EXISTS contact_fingerprints (
     part TEXT NOT NULL, email TEXT NOT NULL, fp BLOB NOT NULL,
     PRIMARY KEY (part, email)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS mirror_absences (
+) WITHOUT ROWID""",
+    "mirror_absences": """CREATE TABLE IF NOT EXISTS mirror_absences (
     scope TEXT NOT NULL, tag TEXT NOT NULL, email TEXT NOT NULL,
     runs INTEGER NOT NULL, last_run TEXT NOT NULL,
     PRIMARY KEY (scope, tag, email)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS saved_segments (
+) WITHOUT ROWID""",
+    "saved_segments": """CREATE TABLE IF NOT EXISTS saved_segments (
     scope TEXT NOT NULL, name TEXT NOT NULL, segment_id TEXT NOT NULL, tag TEXT NOT NULL,
     streams TEXT NOT NULL, PRIMARY KEY (scope, name)
-) WITHOUT ROWID;
-"""
+) WITHOUT ROWID""",
+}
+_SCHEMA = ";\n".join(_TABLES.values()) + ";"
+
+
+class StoreUnusable(Exception):
+    """The store file exists but is not a store this target can read (or stays locked)."""
 
 
 def fingerprint(payload: str, run_started_at: str) -> bytes:
@@ -106,7 +111,13 @@ class FingerprintStore:
         self._queue_lock = threading.Lock()
         self._queued: list[tuple[str, str, bytes]] = []
         self._parts: dict[str, str] = {}
-        self._db = self._open()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnusable(
+                f"the fingerprint store {self.path} cannot be used ({exc}); move it aside (the "
+                "next run then sends every contact once) or set fingerprint_store_path"
+            ) from None
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,9 +320,16 @@ class ReadOnlyStore(FingerprintStore):
             db.executescript(_SCHEMA)
             return db
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        return sqlite3.connect(
+        db = sqlite3.connect(
             uri, uri=True, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT
         )
+        # A store from an older release lacks tables a real run would create (empty):
+        # the dry run reads them as empty too, from temporary tables outside the file.
+        present = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        for name, statement in _TABLES.items():
+            if name not in present:
+                db.execute(statement.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
+        return db
 
     def part(self, stream: str, tags: Sequence[str] = ()) -> str:
         del tags

@@ -13,7 +13,9 @@ from typing import Any
 from singer_sdk.configuration._dict_config import parse_environment_config
 from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
 from singer_sdk.helpers._classproperty import classproperty
+from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.singerlib.exceptions import InvalidInputLine
+from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_omnisend.api import LATEST_VERSION
@@ -48,6 +50,9 @@ class TargetOmnisend(Target):
                 LATEST_VERSION,
             )
         self.pipeline = RunPipeline.start(settings, self.logger)
+        # The pipeline is the one ordered consumer (delivery is concurrent behind it): the
+        # SDK's drains on parallel threads would hand segments over in a random order.
+        self.max_parallelism = 1
         # The SDK drains (and so checkpoints) every _MAX_RECORD_AGE_IN_MINUTES.
         self._MAX_RECORD_AGE_IN_MINUTES = settings.state_interval / 60
 
@@ -73,14 +78,18 @@ class TargetOmnisend(Target):
         """STATE only once every record before it has a final outcome, and never in a dry
         run or after a cancel."""
         if self.pipeline.checkpoint():
-            super()._write_state_message(state)
+            # Not the SDK's json.dumps: its reader makes every JSON number with a fraction a
+            # Decimal, which json.dumps refuses (a tap's float bookmark failed the run).
+            sys.stdout.write(serialize_json(state) + "\n")
+            sys.stdout.flush()
 
     def _process_activate_version_message(self, message_dict: dict) -> None:
         """ACTIVATE_VERSION marks a full-table read (of every stream the tap's stream is
         mapped to): only such streams may be mirrored. Contacts have no table versions."""
         self._assert_line_requires(message_dict, requires={"stream"})
         for stream_map in self.mapper.stream_maps.get(message_dict["stream"], []):
-            self.pipeline.read_in_full(stream_map.stream_alias)
+            if not isinstance(stream_map, RemoveRecordTransform):  # a stream mapped away
+                self.pipeline.read_in_full(stream_map.stream_alias)
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
