@@ -475,13 +475,6 @@ def test_a_signal_during_start_up_ends_the_run_in_one_line(
 # -- back-pressure ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="delivery.py: newcomers' tag calls wait for 250 emails, but with "
-    "max_pending_batches x batch_size < 250 the slots they hold are all the reader has: "
-    "submit() waits for a slot forever (a blocked submit must flush partial tag chunks)",
-)
 def test_few_batch_slots_on_a_first_export_do_not_deadlock_on_the_tag_chunk(
     server: OmnisendServer, config: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -603,12 +596,6 @@ def test_counters_reconcile_and_agree_with_what_omnisend_holds(
         assert stored[email(i)]["customProperties"]["loyalty_tier"] == "bronze"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delivery.py settles a batch as all delivered on status finished + errorsCount 0 "
-    "without checking finishedCount == totalCount; the skipped item is counted delivered, its "
-    "fingerprint stored and a STATE emitted over it (fetch the items when the counts differ)",
-)
 def test_a_batch_that_says_finished_but_skipped_an_item_is_not_counted_as_delivered(
     store_config: dict[str, Any], tmp_path: Path
 ) -> None:
