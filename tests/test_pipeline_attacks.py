@@ -129,6 +129,13 @@ def mirror_config(store_config: dict[str, Any]) -> dict[str, Any]:
     return store_config
 
 
+@pytest.fixture
+def segments_config(mirror_config: dict[str, Any]) -> dict[str, Any]:
+    """Mirror, one segment tag per stream (`segment:{stream_name}`)."""
+    mirror_config["segment_tag"] = "segment:{stream_name}"
+    return mirror_config
+
+
 # -- dry run ------------------------------------------------------------------------------
 
 
@@ -267,15 +274,10 @@ def test_two_streams_one_tag_with_one_read_incompletely_removes_nothing(
 
 
 def test_a_stream_renamed_by_a_stream_map_is_mirrored_under_its_new_name(
-    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+    server: OmnisendServer, segments_config: dict[str, Any], tmp_path: Path
 ) -> None:
     """ACTIVATE_VERSION names the tap's stream; the sink (and tag) use the alias."""
-    store_config.update(
-        sync_mode="mirror",
-        mirror_confirm_runs=1,
-        segment_tag="segment:{stream_name}",
-        stream_maps={"vip": {"__alias__": "gold_members"}},
-    )
+    store_config = {**segments_config, "stream_maps": {"vip": {"__alias__": "gold_members"}}}
     ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
     assert tagged(server, "segment:gold_members") == members(0, 10)
     ok(run_target(store_config, full_read(range(8)), workdir=tmp_path))
@@ -284,16 +286,11 @@ def test_a_stream_renamed_by_a_stream_map_is_mirrored_under_its_new_name(
 
 
 def test_a_stream_dropped_by_a_stream_map_is_never_mirrored(
-    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+    server: OmnisendServer, segments_config: dict[str, Any], tmp_path: Path
 ) -> None:
     """`stream_maps: {vip: null}` filters the stream out; its ACTIVATE_VERSION must not
     turn into 'every member of segment:vip left'."""
-    store_config.update(
-        sync_mode="mirror",
-        mirror_confirm_runs=1,
-        segment_tag="segment:{stream_name}",
-        mirror_max_removal_ratio=1.0,
-    )
+    store_config = {**segments_config, "mirror_max_removal_ratio": 1.0}
     ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
     dropped = {**store_config, "stream_maps": {"vip": None}}
     ok(run_target(dropped, full_read(range(10)), workdir=tmp_path))
@@ -345,11 +342,9 @@ def test_a_member_omnisend_refuses_this_run_keeps_the_tag(
 
 
 def test_the_same_member_in_two_segments_loses_only_the_tag_of_the_one_it_left(
-    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+    server: OmnisendServer, segments_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    store_config.update(
-        sync_mode="mirror", mirror_confirm_runs=1, segment_tag="segment:{stream_name}"
-    )
+    store_config = segments_config
     both = [*full_read(range(0, 10), "gold"), *full_read(range(5, 15), "silver")]
     ok(run_target(store_config, both, workdir=tmp_path))
     # member5 leaves gold, stays in silver (same data): it keeps segment:silver.
@@ -835,15 +830,10 @@ def test_a_signal_while_rejections_are_being_logged_ends_in_one_line(
 
 
 def test_one_stream_mapped_into_two_segments_is_mirrored_as_two_full_reads(
-    server: OmnisendServer, store_config: dict[str, Any], tmp_path: Path
+    server: OmnisendServer, segments_config: dict[str, Any], tmp_path: Path
 ) -> None:
     """stream_maps copies `vip` into `vip_copy`; the one ACTIVATE_VERSION covers both."""
-    store_config.update(
-        sync_mode="mirror",
-        mirror_confirm_runs=1,
-        segment_tag="segment:{stream_name}",
-        stream_maps={"vip_copy": {"__source__": "vip"}},
-    )
+    store_config = {**segments_config, "stream_maps": {"vip_copy": {"__source__": "vip"}}}
     ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
     time.sleep(0.2)
     for tag in ("segment:vip", "segment:vip_copy"):
