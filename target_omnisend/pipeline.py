@@ -19,6 +19,7 @@ input and any cancel signal. Its promises:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from target_omnisend.client import OmnisendClient
@@ -74,6 +76,8 @@ class RunPipeline:
         self.writer: Writer
         self.engine: DeliveryEngine | None = None
         self._streams: dict[str, _Stream] = {}
+        #: Mapped contacts of every stream, in input order, until the next drain.
+        self._pending: list[Item] = []
         #: Mirror only: who was in this run, per segment tag.
         self._seen: dict[str, SeenEmails] = {}
         self._mirror_results: dict[str, dict[str, Any]] = {}
@@ -180,6 +184,18 @@ class RunPipeline:
         segment_tag = self._stream(name).segment_tag
         return self._seen.get(segment_tag) if segment_tag else None
 
+    def pend(self, item: Item) -> None:
+        """A mapped contact, kept with those of every other stream in input order."""
+        self._pending.append(item)
+
+    def hand_over_pending(self) -> None:
+        """Any drain hands over what every stream has pending, in input order: when one
+        contact is in two segments, its newest record is then the one sent last (the
+        SDK drains sink by sink, which would order them by stream instead)."""
+        pending, self._pending = self._pending, []
+        for name, group in itertools.groupby(pending, key=attrgetter("stream")):
+            self.hand_over(name, list(group))
+
     def hand_over(self, name: str, items: list[Item]) -> None:
         """Skip what Omnisend already has, carry the rest until a batch is full."""
         stream = self._stream(name)
@@ -199,9 +215,8 @@ class RunPipeline:
             if seen is not None:
                 seen.add(item.email)
             for other in others:  # an older version waits in another segment's carry:
-                older = other.carry.pop(item.email, None)
-                if older is not None:  # it goes first, so this one lands after it
-                    self.writer.submit([older])
+                if item.email in other.carry:  # it goes first, so this one lands after it
+                    self._send(other, full_only=False)
             item.payload = encode(item.body)
             if store is not None:
                 item.fingerprint = fingerprint(item.payload, run_started_at)

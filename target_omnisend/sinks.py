@@ -1,8 +1,8 @@
 """One sink per stream: a stream is one segment.
 
 Records are validated and mapped as they arrive (so rejections are immediate and
-cheap), buffered per email (a later duplicate replaces the earlier one), and handed to
-the run pipeline when the SDK drains the sink. Sinks keep no run state of their own.
+cheap) and handed to the run pipeline, which keeps them in input order across streams
+until the SDK drains a sink. Sinks keep no run state of their own.
 """
 
 from __future__ import annotations
@@ -88,18 +88,16 @@ class ContactsSink(BatchSink):
             return
         for warning in result.warnings:
             pipeline.warned(self.stream_name, warning)
-        pending: dict[str, Item] = context.setdefault("items", {})
-        if pending.pop(result.email, None) is not None:
-            # Deterministic merge: the later record of the same contact wins.
-            pipeline.merged(self.stream_name)
-            self.tally_duplicate_merged()
-        pending[result.email] = Item(self.stream_name, result.email, result.body, record)
+        # Kept by the pipeline, in input order across streams; a later record of the same
+        # contact replaces the earlier one there (counted as merged).
+        pipeline.pend(Item(self.stream_name, result.email, result.body, record))
 
     def _after_process_record(self, context: dict) -> None:
         """The SDK logs the whole pending context here at DEBUG — every profile of the
         batch, again for each record (quadratic, and personal data in the log)."""
 
     def process_batch(self, context: dict) -> None:
-        """Hand the drained contacts to the run pipeline, which diffs, batches and
-        delivers them; the target checkpoints through it before every STATE."""
-        self.pipeline.hand_over(self.stream_name, list(context.get("items", {}).values()))
+        """A drain: the run pipeline diffs, batches and delivers what is pending (of every
+        stream, in input order); the target checkpoints through it before every STATE."""
+        del context
+        self.pipeline.hand_over_pending()
