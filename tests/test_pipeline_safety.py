@@ -79,9 +79,12 @@ def test_cancel_while_waiting_for_a_batch_slot_emits_no_state_it_has_not_earned(
                 stderr=subprocess.PIPE,
                 cwd=tmp_path,
             )
-            time.sleep(3)
-            proc.send_signal(signum)
-            stdout, stderr = proc.communicate(timeout=60)
+            try:
+                time.sleep(3)
+                proc.send_signal(signum)
+                stdout, stderr = proc.communicate(timeout=60)
+            finally:
+                proc.kill()  # a target that ignored the signal must not outlive the test
         held = {stored_email(c) for c in slow.contacts()}
     states = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
     for state in states:
