@@ -10,6 +10,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from target_omnisend.privacy import mask_server_text
+
 DEFAULT_API_URL = "https://api.omnisend.com"
 LATEST_VERSION = "2026-03-15"
 
@@ -60,14 +62,17 @@ GENERATIONS: dict[str, ApiGeneration] = {
 
 def problem_summary(payload: Any, status: int) -> str:
     """One line from an RFC 9457 problem or a v5 `{error, fields}` body. Field messages are
-    kept (they say what to fix); values are not echoed by Omnisend's messages."""
+    kept (they say what to fix), but this text is the server's: it goes through
+    `mask_server_text` (emails and quoted values masked, one bounded line) because it is
+    logged and written to the rejected file, and a server may echo what it refused."""
     if not isinstance(payload, dict):
         return f"HTTP {status}"
     parts: list[str] = []
     head = payload.get("detail") or payload.get("title") or payload.get("error")
     if head:
         parts.append(str(head))
-    for error in payload.get("errors") or []:
+    errors = payload.get("errors")
+    for error in errors if isinstance(errors, list) else ():
         if isinstance(error, dict):
             field = error.get("field")
             message = error.get("message") or error.get("code") or "invalid"
@@ -77,4 +82,4 @@ def problem_summary(payload: Any, status: int) -> str:
         for field, messages in fields.items():
             text = "; ".join(map(str, messages)) if isinstance(messages, list) else str(messages)
             parts.append(f"{field}: {text}")
-    return " — ".join(parts) if parts else f"HTTP {status}"
+    return mask_server_text(" — ".join(parts)) if parts else f"HTTP {status}"
