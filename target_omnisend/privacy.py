@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 #: Anything shaped like an email address, wherever it sits in a text (the server may
 #: echo one inside a sentence, a quoted value or a JSON fragment).
@@ -73,3 +73,24 @@ def mask_server_text(text: str, limit: int = MAX_SERVER_TEXT) -> str:
     if len(text) > limit:
         text = text[:limit].rstrip() + "…"
     return text.strip()
+
+
+def secrets_in_use(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """Every API key this process may hold, for redacting its final error line: variables
+    named `*API_KEY` and the `api_key` of each `--config` file (an exception text may
+    quote a key from either, e.g. http.client quoting a header)."""
+    found = [value for name, value in environ.items() if name.upper().endswith("API_KEY")]
+    paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    paths += [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                config = json.load(fh)
+        except (OSError, ValueError, RecursionError):
+            continue
+        key = config.get("api_key") if isinstance(config, dict) else None
+        if isinstance(key, str):
+            found.append(key)
+        elif key is not None:  # not a string: a schema error may quote it in either form
+            found += [str(key), json.dumps(key)]
+    return [secret for secret in found if secret]

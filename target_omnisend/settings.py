@@ -118,10 +118,33 @@ def _number(config: Mapping[str, Any], key: str, default: float, low: float, hig
     return value
 
 
-def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
-    api_key = config.get("api_key")
-    if not isinstance(api_key, str) or not api_key.strip():
+def check_api_key(value: Any) -> str:
+    """Whitespace around a pasted key is trimmed; anything else that is not a visible
+    ASCII character (a line break inside, a tab, a non-ASCII letter) is refused here,
+    in one line that never quotes the key: sent as a header it would otherwise fail
+    deep in http.client with an error that quotes the whole header, key included."""
+    if not isinstance(value, str) or not value.strip():
         raise ConfigError("api_key is missing: set it in config or TARGET_OMNISEND_API_KEY")
+    key = value.strip()
+    if not all("!" <= char <= "~" for char in key):
+        raise ConfigError(
+            "api_key contains a space, line break or other character that cannot be part "
+            "of an Omnisend API key: paste the key alone, on one line"
+        )
+    return key
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false (got {value!r})")
+    return value
+
+
+def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
+    api_key = check_api_key(config.get("api_key"))
     version = config.get("api_version") or next(iter(GENERATIONS))
     if version not in GENERATIONS:
         raise ConfigError(f"api_version must be one of {', '.join(GENERATIONS)} (got {version!r})")
@@ -154,6 +177,8 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         status_timestamp_field=config.get("status_timestamp_field") or None,
         send_welcome_message=bool(config.get("send_welcome_message", False)),
         run_started_at=started,
+        lowercase_emails=_flag(config, "lowercase_emails", True),
+        clear_missing_values=_flag(config, "clear_missing_values", False),
     )
     segment_tag = config.get("segment_tag", DEFAULT_SEGMENT_TAG) or ""
     try:
@@ -190,7 +215,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
             )
     max_concurrency = int(_number(config, "max_concurrency", 4, 1, 32))
     return Settings(
-        api_key=api_key.strip(),
+        api_key=api_key,
         api_url=check_api_url(config.get("api_url") or DEFAULT_API_URL),
         generation=GENERATIONS[version],
         mapping=mapping,

@@ -23,10 +23,10 @@ from target_omnisend.dryrun import DryRunWriter
 from target_omnisend.mapping import EMAIL_STATUSES
 from target_omnisend.mirror import mirror_stream
 from target_omnisend.outcomes import Outcomes
-from target_omnisend.privacy import redact
+from target_omnisend.privacy import one_line_error, secrets_in_use
 from target_omnisend.progress import ProgressReporter
 from target_omnisend.ratelimit import RateLimits
-from target_omnisend.reader import SingerInput
+from target_omnisend.reader import SingerInput, encode_state
 from target_omnisend.settings import (
     DEFAULT_SEGMENT_TAG,
     DEFAULT_STORE,
@@ -131,6 +131,27 @@ CONFIG_SCHEMA = th.PropertiesList(
         default=False,
         title="Send welcome message",
         description="Ask Omnisend to send its welcome message to new subscribers.",
+    ),
+    th.Property(
+        "lowercase_emails",
+        th.BooleanType,
+        default=True,
+        title="Lower-case emails",
+        description="Lower-case every email before sending. Omnisend compares emails "
+        "case-sensitively, so without it `Jane@X.com` and `jane@x.com` become two contacts. "
+        "Turn it off only if Omnisend already holds mixed-case emails spelled exactly as the "
+        "source spells them (see README).",
+    ),
+    th.Property(
+        "clear_missing_values",
+        th.BooleanType,
+        default=False,
+        title="Clear missing values",
+        description="When a record carries a field as null or empty, clear it in Omnisend "
+        "(names, address, city, state, postal code and country are sent as empty text, "
+        "custom properties as null) instead of leaving the old value. Fields a record does "
+        "not carry at all are never touched; country code, birthdate, gender and phone are "
+        "never cleared.",
     ),
     th.Property(
         "batch_size",
@@ -427,7 +448,8 @@ class TargetOmnisend(Target):
         """The SDK writes STATE after handing every sink's records to process_batch();
         delivery is asynchronous, so first wait until each of them is confirmed."""
         self._barrier()
-        super()._write_state_message(state)
+        sys.stdout.write(encode_state(state) + "\n")  # exact Decimal bookmarks (issue 11)
+        sys.stdout.flush()
 
     def _process_activate_version_message(self, message_dict: dict) -> None:
         """ACTIVATE_VERSION marks a full-table read: the stream may be mirrored. Contacts
@@ -525,13 +547,8 @@ class TargetOmnisend(Target):
 
     @classmethod
     def _exit(cls, message: str, code: int = 1) -> None:
-        secrets = _secrets_from_env()
-        cls.logger.error("%s", redact(message, *secrets))
+        cls.logger.error("%s", one_line_error(message, secrets_in_use(sys.argv, os.environ)))
         sys.exit(code)
-
-
-def _secrets_from_env() -> list[str]:
-    return [v for k, v in os.environ.items() if k.endswith("API_KEY") and v]
 
 
 if __name__ == "__main__":
