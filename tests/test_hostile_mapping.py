@@ -94,7 +94,7 @@ def test_a_status_dated_up_to_a_day_after_the_run_started_still_counts() -> None
     ("raw", "expected"),
     [
         ("jane@straße.de", "jane@xn--strae-oqa.de"),  # IDNA 2003: jane@strasse.de
-        ("nikos@ςa.gr", "nikos@xn--a-xmb.gr"),  # IDNA 2003: folded to σ
+        ("nikos@ςa.gr", "nikos@xn--a-xmb.gr"),  # IDNA 2003: final sigma folded to U+03C3
         ("user@BÜCHER.example", "user@xn--bcher-kva.example"),
         ("user@xn--bcher-kva.example", "user@xn--bcher-kva.example"),
     ],

@@ -36,7 +36,8 @@ class FaultRule:
     the request first: "succeeded but the response was lost"), "malformed" (non-JSON body
     with `status`, default 200; honours `apply`), "batch_stopped" (batch ends `stopped`
     after half its items), "batch_stuck" (batch stays `inProgress`), "item_error" (items
-    whose email matches `email_pattern` fail with `status`, default 400).
+    whose email matches `email_pattern` fail with `status`, default 400, and `body` as the
+    problem's detail when it is a string).
     """
 
     method: str | None = None
