@@ -69,6 +69,9 @@ _TLD = re.compile(rf"{_TLD_TEXT}\Z")
 #: The common case in one match: a plain ASCII address that passes every rule of
 #: `_email_problem`. Anything else takes the slow path, which also says what is wrong.
 _PLAIN_EMAIL = re.compile(rf"(?=[^@]{{1,64}}@){_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_TLD_TEXT}")
+#: Control and separator characters no name or address contains (a NUL, a line break,
+#: an escape sequence): they are replaced by one space, with a warning.
+_CONTROL_RUN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _PHONE_JUNK = re.compile(r"[\s().\-/]")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _GENDERS = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
@@ -457,6 +460,13 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
         if value is None:
             warnings.append(f"{step.attribute} has an unusable value: dropped")
             continue
+        if step.clip and not value.isprintable():  # fast test; also true for e.g. NBSP
+            cleaned = _CONTROL_RUN.sub(" ", value).strip()
+            if cleaned != value:
+                warnings.append(f"{step.attribute} had control characters: replaced by spaces")
+                if not cleaned:
+                    continue
+                value = cleaned
         if step.clip and len(value) > MAX_TEXT_LENGTH:
             value, _ = clip_text(value)
             warnings.append(f"{step.attribute} longer than {MAX_TEXT_LENGTH} characters: truncated")

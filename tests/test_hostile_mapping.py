@@ -191,3 +191,10 @@ def test_numbers_keep_their_exact_value_in_custom_properties() -> None:
         "f": "0.10000000000000000000001",
     }
     assert result.warnings == ("custom property c has an unusable value: dropped",)
+
+
+def test_control_characters_in_names_and_addresses_become_spaces() -> None:
+    record = {"email": "a@example.com", "first_name": "Jane\x00\nDoe", "city": "a\u00a0b"}
+    result = contact(record, MappingConfig())
+    assert (result.body["firstName"], result.body["city"]) == ("Jane Doe", "a\u00a0b")
+    assert result.warnings == ("first_name had control characters: replaced by spaces",)
