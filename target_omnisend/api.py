@@ -45,12 +45,16 @@ class ApiGeneration:
 
     def next_page(self, payload: dict[str, Any]) -> dict[str, str] | str | None:
         """Query parameters (2026-03-15 cursor) or a full URL (v5) for the next page."""
-        paging = payload.get("paging") or {}
+        paging = payload.get("paging")
+        if not isinstance(paging, dict):
+            return None
         if self.name == "v5":
-            return paging.get("next") or None
-        cursors = paging.get("cursors") or {}
-        if paging.get("hasMore") and cursors.get("after"):
-            return {"after": cursors["after"]}
+            following = paging.get("next")
+            return following if isinstance(following, str) and following else None
+        cursors = paging.get("cursors")
+        after = cursors.get("after") if isinstance(cursors, dict) else None
+        if paging.get("hasMore") is True and isinstance(after, str | int) and after:
+            return {"after": str(after)}
         return None
 
 

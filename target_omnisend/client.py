@@ -248,7 +248,7 @@ class OmnisendClient:
         for _ in range(self.max_retries + 1):
             payload = self.call("POST", "/batches", raw=data)
             batch_id = payload.get("batchID") if isinstance(payload, dict) else None
-            if batch_id:
+            if isinstance(batch_id, str | int) and not isinstance(batch_id, bool) and batch_id:
                 return str(batch_id)
             # A 2xx without a batch id cannot be confirmed; sending again is safe
             # (contact writes are upserts by email).
@@ -258,14 +258,14 @@ class OmnisendClient:
         )
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
-        return self.call("GET", f"/batches/{batch_id}") or {}
+        return _object(self.call("GET", f"/batches/{batch_id}"))
 
     def recent_batches(self, limit: int = 250) -> list[dict[str, Any]]:
         """Newest contact batches in one request: one poll covers every batch in flight."""
-        payload = (
-            self.call("GET", "/batches", params={"endpoint": "contacts", "limit": limit}) or {}
+        payload = _object(
+            self.call("GET", "/batches", params={"endpoint": "contacts", "limit": limit})
         )
-        return list(payload.get("batches") or payload.get("data") or [])
+        return _objects(payload.get("batches") or payload.get("data"))
 
     def batch_items(self, batch_id: str) -> list[dict[str, Any]]:
         return list(self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250}))
@@ -280,16 +280,25 @@ class OmnisendClient:
         self.call("DELETE", "/contacts/tags", body={"tags": tags, "emails": emails}, group="tags")
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        payload = self.call("GET", path, params=params) or {}
+        payload = _object(self.call("GET", path, params=params))
+        seen: set[str] = set()
         while True:
-            yield from payload.get(key) or []
+            yield from _objects(payload.get(key))
             following = self.generation.next_page(payload)
             if following is None:
                 return
+            if repr(following) in seen:  # a server repeating a cursor would page forever
+                self.logger.warning("Omnisend repeated a page cursor for %s; stopped paging", path)
+                return
+            seen.add(repr(following))
+            if isinstance(following, str) and not following.startswith(self.root + "/"):
+                # The key goes with every request: never to a URL the server names elsewhere.
+                self.logger.warning("Omnisend named a next page outside api_url; not followed")
+                return
             if isinstance(following, str):
-                payload = self.call("GET", path, url=following) or {}
+                payload = _object(self.call("GET", path, url=following))
             else:
-                payload = self.call("GET", path, params={**params, **following}) or {}
+                payload = _object(self.call("GET", path, params={**params, **following}))
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -312,10 +321,20 @@ class _HeaderAuth(requests.auth.AuthBase):
         return "<Omnisend API key auth>"  # never the key
 
 
+def _object(payload: Any) -> dict[str, Any]:
+    """A response body that should be a JSON object; anything else reads as empty."""
+    return payload if isinstance(payload, dict) else {}
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list a response should hold; anything else is skipped."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def _json_or_none(response: requests.Response) -> Any:
     if not response.content:
         return None
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
         return None

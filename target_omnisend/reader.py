@@ -73,6 +73,12 @@ class SingerInput(SingerReader):
             raise InvalidInputLine(
                 f"line {self.line_number} is a JSON {type(message).__name__}, not a message"
             )
+        kind = message.get("type", "")
+        if type(kind) is not str:  # the SDK looks it up in a dict: a list would crash it
+            raise InvalidInputLine(
+                f"line {self.line_number} has a message type that is a JSON "
+                f"{type(kind).__name__}, not a string"
+            )
         return message
 
     def _stock_decode(self, line: str) -> Any:

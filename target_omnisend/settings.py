@@ -14,6 +14,7 @@ import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from string import Formatter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -92,10 +93,14 @@ def is_loopback(host: str) -> bool:
 
 def check_api_url(url: str) -> str:
     """Profiles and the key travel in these requests: plain http only to this machine."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        hostname = None
+    if hostname is None or parts.scheme not in {"https", "http"}:
         raise ConfigError(f"api_url must be an https:// URL (got {url!r})")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(hostname):
         raise ConfigError(
             "api_url uses plain http:// to a non-loopback host; use https:// "
             "(http is accepted only for 127.0.0.1/localhost test servers)"
@@ -143,6 +148,18 @@ def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def _only_stream_name(template: str) -> bool:
+    """`{stream_name}` and literal text only: no other field, attribute, index, format
+    spec (`{stream_name:>9999999999}` would build a 10 GB tag) or conversion."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template)]
+    except ValueError:
+        return False
+    return all(
+        name in (None, "stream_name") and not spec and not conv for name, spec, conv in fields
+    )
+
+
 def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
     api_key = check_api_key(config.get("api_key"))
     version = config.get("api_version") or next(iter(GENERATIONS))
@@ -181,12 +198,10 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         clear_missing_values=_flag(config, "clear_missing_values", False),
     )
     segment_tag = config.get("segment_tag", DEFAULT_SEGMENT_TAG) or ""
-    try:
-        segment_tag.format(stream_name="s")
-    except (KeyError, IndexError, ValueError) as exc:
+    if not _only_stream_name(segment_tag):
         raise ConfigError(
             f"segment_tag may only use {{stream_name}} as a placeholder (got {segment_tag!r})"
-        ) from exc
+        )
     tags = tuple(dict.fromkeys(str(t).strip() for t in config.get("tags") or [] if str(t).strip()))
     if len(tags) + 1 > MAX_TAGS:
         raise ConfigError(f"tags can hold at most {MAX_TAGS - 1} tags (got {len(tags)})")
