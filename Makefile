@@ -6,7 +6,7 @@ MELTANO_VENV := .venv-meltano
 TAP_PG_VENV := .venv-tap-postgres
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
-.PHONY: install demo test lint bench clean postgres-server audit
+.PHONY: install demo test lint bench clean postgres-server audit fuzz
 
 $(BIN)/target-omnisend: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ lint: install
 # not fail) when the vulnerability service is unreachable from this machine.
 audit: install
 	$(BIN)/python .ci/audit.py
+
+# The long fuzzing profile (20x the CI one): prints how many inputs each property tried.
+fuzz: install
+	FUZZ_PROFILE=long $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics
 
 bench: install
 	$(BIN)/python benchmarks/bench.py

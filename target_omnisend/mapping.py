@@ -7,6 +7,7 @@ The body is built in the 2026-03-15 shape; `api.py` adapts it to older generatio
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import decimal
 import functools
@@ -327,7 +328,8 @@ def _custom_value(value: Any) -> Any:
     """Custom properties keep their JSON type; anything richer becomes a string. None
     means "nothing usable" (the property is left out)."""
     if isinstance(value, str):
-        return value.strip() or None
+        value = value.strip()
+        return value if 0 < len(value) <= MAX_PROPERTY_TEXT else None
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -344,36 +346,50 @@ def _custom_value(value: Any) -> Any:
         items = [_custom_value(v) for v in value]
         return [v for v in items if v is not None] or None
     try:
-        return json.dumps(value, default=str, sort_keys=True)
+        text = json.dumps(value, default=str, sort_keys=True)
     except (ValueError, RecursionError, TypeError):  # too deep, or an integer too long
         return None
+    return text if len(text) <= MAX_PROPERTY_TEXT else None
 
 
+#: A custom property text longer than this is dropped with a warning: Omnisend documents
+#: no limit, but a batch must stay under 1 MB, and cut JSON or text would be wrong data.
+MAX_PROPERTY_TEXT = 10_000
 #: Integers beyond ±2**53 are sent as text: JSON parsers on the way (float64 ones in
 #: particular, JavaScript's among them) would round them to another number.
 MAX_EXACT_INTEGER = 2**53
+#: A number written with more characters than this is no contact's data (a 5000-digit
+#: integer, 1e400): dropped with a warning rather than sent as a wall of digits.
+MAX_NUMBER_TEXT = 100
 
 
 def _decimal_value(value: decimal.Decimal) -> int | float | str | None:
     """A JSON number as the reader decoded it (`Decimal`, exact). NaN and infinity are
     not JSON; a number that float64 cannot hold exactly is sent as its text rather than
-    silently rounded (a 20-digit customer id must not lose its last digits)."""
+    silently rounded (a 20-digit customer id must not lose its last digits); one longer
+    than `MAX_NUMBER_TEXT` characters is no property value."""
     if not value.is_finite():
         return None
-    if value == value.to_integral_value():
-        return _int_value(int(value)) if value.adjusted() < 20 else str(value)
+    if value == value.to_integral_value() and value.adjusted() < MAX_NUMBER_TEXT:
+        return _int_value(int(value))
+    text = str(value)
+    if len(text) > MAX_NUMBER_TEXT:
+        return None
     as_float = float(value)
     if not math.isfinite(as_float) or decimal.Decimal(repr(as_float)) != value:
-        return str(value)
+        return text
     return as_float
 
 
 def _int_value(value: int) -> int | str | None:
     """An integer float64 holds exactly stays a number; a longer one becomes its digits;
-    one of hundreds of digits is no property value (and `str()` refuses past 4300)."""
+    one of more than `MAX_NUMBER_TEXT` digits is no property value."""
     if -MAX_EXACT_INTEGER <= value <= MAX_EXACT_INTEGER:
         return value
-    return str(value) if value.bit_length() <= 1000 else None
+    if value.bit_length() > MAX_NUMBER_TEXT * 4:  # cheap bound first: str() is quadratic
+        return None
+    text = str(value)
+    return text if len(text) <= MAX_NUMBER_TEXT else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +543,27 @@ def to_contact(record: Mapping[str, Any], config: MappingConfig) -> Contact | Re
     if custom:
         contact["customProperties"] = custom
     return Contact(email=email, body=contact, warnings=tuple(warnings))
+
+
+def merge_duplicate(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """Two records of one contact in a run: the later record's body wins, except its email
+    status when the earlier one carries a newer `statusChangedAt` (a later record with an
+    older "subscribed" must not undo a newer "unsubscribed")."""
+    merged = copy.deepcopy(dict(later))
+    old = _channel(earlier)
+    new = _channel(merged)
+    newer = str((old or {}).get("statusChangedAt", "")) > str((new or {}).get("statusChangedAt", ""))
+    if old is not None and new is not None and newer:
+        new.clear()
+        new.update(old)
+    return merged
+
+
+def _channel(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    for identifier in body.get("identifiers") or []:
+        if identifier.get("type") == "email":
+            return identifier.get("channels", {}).get("email")
+    return None
 
 
 def email_of(contact: Any) -> str | None:

@@ -14,7 +14,7 @@ from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 from singer_sdk.sinks import BatchSink
 
 from target_omnisend.delivery import Item
-from target_omnisend.mapping import Rejection, to_contact
+from target_omnisend.mapping import Rejection, merge_duplicate, to_contact
 from target_omnisend.store import fingerprint
 from target_omnisend.validation import CapturingValidator
 
@@ -81,11 +81,14 @@ class ContactsSink(BatchSink):
         for warning in result.warnings:
             outcomes.warned(self.stream_name, warning)
         pending: dict[str, Item] = context.setdefault("items", {})
-        if pending.pop(result.email, None) is not None:
-            # Deterministic merge: the later record of the same contact wins.
+        body = result.body
+        earlier = pending.pop(result.email, None)
+        if earlier is not None:
+            # Deterministic merge: the later record wins, but never with an older status.
+            body = merge_duplicate(earlier.body, body)
             outcomes.merged(self.stream_name)
             self.tally_duplicate_merged()
-        pending[result.email] = Item(self.stream_name, result.email, result.body, record)
+        pending[result.email] = Item(self.stream_name, result.email, body, record)
 
     def _after_process_record(self, context: dict) -> None:
         """The SDK logs the whole pending context here at DEBUG — every profile of the

@@ -50,7 +50,7 @@ from tests.omnisend_server import FaultRule, OmnisendServer
 
 PROFILE = os.environ.get("FUZZ_PROFILE", "ci")
 #: How many times more examples the long profile (`make fuzz`) tries than CI.
-SCALE = {"ci": 1, "long": 100}[PROFILE]
+SCALE = {"ci": 1, "long": 20}[PROFILE]
 
 
 def fuzz(examples: int) -> Any:
