@@ -552,11 +552,14 @@ def merge_duplicate(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dic
     merged = copy.deepcopy(dict(later))
     old = _channel(earlier)
     new = _channel(merged)
-    newer = str((old or {}).get("statusChangedAt", "")) > str((new or {}).get("statusChangedAt", ""))
-    if old is not None and new is not None and newer:
+    if old is not None and new is not None and _status_date(old) > _status_date(new):
         new.clear()
         new.update(old)
     return merged
+
+
+def _status_date(channel: Mapping[str, Any]) -> str:
+    return str(channel.get("statusChangedAt", ""))
 
 
 def _channel(body: Mapping[str, Any]) -> dict[str, Any] | None:
