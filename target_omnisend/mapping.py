@@ -328,8 +328,7 @@ def _custom_value(value: Any) -> Any:
     """Custom properties keep their JSON type; anything richer becomes a string. None
     means "nothing usable" (the property is left out)."""
     if isinstance(value, str):
-        value = value.strip()
-        return value if 0 < len(value) <= MAX_PROPERTY_TEXT else None
+        return value.strip() or None
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -346,15 +345,11 @@ def _custom_value(value: Any) -> Any:
         items = [_custom_value(v) for v in value]
         return [v for v in items if v is not None] or None
     try:
-        text = json.dumps(value, default=str, sort_keys=True)
+        return json.dumps(value, default=str, sort_keys=True)
     except (ValueError, RecursionError, TypeError):  # too deep, or an integer too long
         return None
-    return text if len(text) <= MAX_PROPERTY_TEXT else None
 
 
-#: A custom property text longer than this is dropped with a warning: Omnisend documents
-#: no limit, but a batch must stay under 1 MB, and cut JSON or text would be wrong data.
-MAX_PROPERTY_TEXT = 10_000
 #: Integers beyond ±2**53 are sent as text: JSON parsers on the way (float64 ones in
 #: particular, JavaScript's among them) would round them to another number.
 MAX_EXACT_INTEGER = 2**53
