@@ -170,7 +170,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
     unknown = sorted(set(field_mapping) - set(STANDARD_ATTRIBUTES))
     if unknown:
         raise ConfigError(
-            f"field_mapping has unknown Omnisend attribute(s) {', '.join(unknown)}; "
+            f"field_mapping has unknown Omnisend attribute(s) {', '.join(map(repr, unknown))}; "
             f"use {', '.join(STANDARD_ATTRIBUTES)} (put other fields in custom_properties)"
         )
     for name, source in {**field_mapping, **dict(config.get("custom_properties") or {})}.items():
