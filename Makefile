@@ -7,7 +7,7 @@ TAP_PG_VENV := .venv-tap-postgres
 # -qq: pip says nothing but errors, so a first `make demo` prints one line per step.
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
-.PHONY: install demo test lint bench clean postgres-server audit plugin-definition dist
+.PHONY: install demo test lint bench clean postgres-server audit plugin-definition dist fuzz
 
 $(BIN)/target-omnisend: pyproject.toml
 	@echo "Installing target-omnisend and its dev tools into $(VENV) (about a minute the first time)"
@@ -66,6 +66,10 @@ dist: install
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
 	$(BIN)/twine check --strict dist/*
+
+# The long fuzzing profile (20x the CI one): prints how many inputs each property tried.
+fuzz: install
+	FUZZ_PROFILE=long $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics
 
 bench: install
 	$(BIN)/python benchmarks/bench.py

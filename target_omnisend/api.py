@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from target_omnisend.mapping import email_of
+from target_omnisend.privacy import mask_server_text
 
 DEFAULT_API_URL = "https://api.omnisend.com"
 LATEST_VERSION = "2026-03-15"
@@ -47,11 +48,16 @@ class ApiGeneration:
 
     def next_page(self, payload: dict[str, Any]) -> dict[str, str] | str | None:
         """Query parameters (a cursor) or a full URL (`paging.next`, used by v5 and by
-        the offset-paged batch list) for the next page; None on the last page."""
-        paging = payload.get("paging") or {}
-        cursors = paging.get("cursors") or {}
-        if self.name != "v5" and paging.get("hasMore") and cursors.get("after"):
-            return {"after": str(cursors["after"])}
+        the offset-paged batch list) for the next page; None on the last page or on
+        anything that is not a usable paging object."""
+        paging = payload.get("paging")
+        if not isinstance(paging, dict):
+            return None
+        cursors = paging.get("cursors")
+        after = cursors.get("after") if isinstance(cursors, dict) else None
+        usable = isinstance(after, str | int) and not isinstance(after, bool) and after
+        if self.name != "v5" and paging.get("hasMore") is True and usable:
+            return {"after": str(after)}
         following = paging.get("next")
         return following if isinstance(following, str) and following else None
 
@@ -64,14 +70,17 @@ GENERATIONS: dict[str, ApiGeneration] = {
 
 def problem_summary(payload: Any, status: int) -> str:
     """One line from an RFC 9457 problem or a v5 `{error, fields}` body. Field messages are
-    kept (they say what to fix); values are not echoed by Omnisend's messages."""
+    kept (they say what to fix), but this text is the server's: it goes through
+    `mask_server_text` (emails and quoted values masked, one bounded line) because it is
+    logged and written to the rejected file, and a server may echo what it refused."""
     if not isinstance(payload, dict):
         return f"HTTP {status}"
     parts: list[str] = []
     head = payload.get("detail") or payload.get("title") or payload.get("error")
     if head:
         parts.append(str(head))
-    for error in payload.get("errors") or []:
+    errors = payload.get("errors")
+    for error in errors if isinstance(errors, list) else ():
         if isinstance(error, dict):
             field = error.get("field")
             message = error.get("message") or error.get("code") or "invalid"
@@ -81,7 +90,7 @@ def problem_summary(payload: Any, status: int) -> str:
         for field, messages in fields.items():
             text = "; ".join(map(str, messages)) if isinstance(messages, list) else str(messages)
             parts.append(f"{field}: {text}")
-    return " — ".join(parts) if parts else f"HTTP {status}"
+    return mask_server_text(" — ".join(parts)) if parts else f"HTTP {status}"
 
 
 # -- saved segments (2026-03-15 only; v5 has no segments resource) ---------------------

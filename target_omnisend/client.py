@@ -304,7 +304,7 @@ class OmnisendClient:
         for _ in range(self.max_retries + 1):
             payload = self.call("POST", "/batches", raw=data)
             batch_id = payload.get("batchID") if isinstance(payload, dict) else None
-            if batch_id:
+            if isinstance(batch_id, str | int) and not isinstance(batch_id, bool) and batch_id:
                 return str(batch_id)
             # A 2xx without a batch id cannot be confirmed; sending again is safe
             # (contact writes are upserts by email).
@@ -352,18 +352,23 @@ class OmnisendClient:
     def _pages(
         self, path: str, key: str, params: dict[str, Any], group: str = "default"
     ) -> Iterator[dict[str, Any]]:
-        payload = self.call("GET", path, params=params, group=group) or {}
+        payload = _object(self.call("GET", path, params=params, group=group))
+        seen: set[str] = set()
         while True:
-            yield from payload.get(key) or []
+            yield from _objects(payload.get(key))
             following = self.generation.next_page(payload)
             if following is None:
                 return
+            if repr(following) in seen:  # a server repeating a cursor would page forever
+                self.logger.warning("Omnisend repeated a page cursor for %s; stopped paging", path)
+                return
+            seen.add(repr(following))
             if isinstance(following, str):
-                payload = (
-                    self.call("GET", path, url=self._same_origin(following), group=group) or {}
-                )
+                url = self._same_origin(following)
+                payload = _object(self.call("GET", path, url=url, group=group))
             else:
-                payload = self.call("GET", path, params={**params, **following}, group=group) or {}
+                query = {**params, **following}
+                payload = _object(self.call("GET", path, params=query, group=group))
 
     # -- saved segments (2026-03-15): budgets of their own, 403 = a missing scope ------
 
@@ -441,10 +446,20 @@ class _HeaderAuth(requests.auth.AuthBase):
         return "<Omnisend API key auth>"  # never the key
 
 
+def _object(payload: Any) -> dict[str, Any]:
+    """A response body that should be a JSON object; anything else reads as empty."""
+    return payload if isinstance(payload, dict) else {}
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list a response should hold; anything else is skipped."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def _json_or_none(response: requests.Response) -> Any:
     if not response.content:
         return None
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
         return None

@@ -127,6 +127,27 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "Omnisend keeps the status with the latest date.",
     ),
     th.Property(
+        "lowercase_emails",
+        th.BooleanType,
+        default=True,
+        title="Lower-case emails",
+        description="Lower-case every email before sending. Omnisend compares emails "
+        "case-sensitively, so without it `Jane@X.com` and `jane@x.com` become two contacts. "
+        "Turn it off only if Omnisend already holds mixed-case emails spelled exactly as the "
+        "source spells them (see README).",
+    ),
+    th.Property(
+        "clear_missing_values",
+        th.BooleanType,
+        default=False,
+        title="Clear missing values",
+        description="When a record carries a field as null or empty, clear it in Omnisend "
+        "(names, address, city, state, postal code and country are sent as empty text, "
+        "custom properties as null) instead of leaving the old value. Fields a record does "
+        "not carry at all are never touched; country code, birthdate, gender and phone are "
+        "never cleared.",
+    ),
+    th.Property(
         "send_welcome_message",
         th.BooleanType,
         default=False,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, RetriableAPIError
 
+from target_omnisend.privacy import one_line_error
+
 __all__ = [
     "AuthenticationError",
     "Cancelled",
@@ -19,9 +21,11 @@ __all__ = [
 
 
 class ConfigError(ConfigValidationError):
-    """The configuration cannot work; raised before any input is read."""
+    """The configuration cannot work; raised before any input is read. The message is
+    made one line here: it may quote a user's text (a mapping key with a line break)."""
 
     def __init__(self, message: str) -> None:
+        message = one_line_error(message, ())
         super().__init__(message, errors=[message])
 
 

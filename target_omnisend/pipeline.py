@@ -33,7 +33,7 @@ from typing import Any
 from target_omnisend.client import OmnisendClient
 from target_omnisend.delivery import DeliveryEngine, Item
 from target_omnisend.dryrun import DryRunWriter
-from target_omnisend.mapping import Rejection, get_path, normalize_email
+from target_omnisend.mapping import Rejection, get_path, merge_duplicate, normalize_email
 from target_omnisend.mirror import mirror_tag
 from target_omnisend.outcomes import Outcomes
 from target_omnisend.progress import ProgressReporter
@@ -176,7 +176,8 @@ class RunPipeline:
         self.outcomes.rejected(name, record, code, reason)
         seen = self._seen_for(name)
         if seen is not None and isinstance(record, dict):
-            email = normalize_email(get_path(record, self.settings.mapping.email_field))
+            mapping = self.settings.mapping
+            email = normalize_email(get_path(record, mapping.email_field), mapping.lowercase_emails)
             if not isinstance(email, Rejection):
                 seen.add(email)
 
@@ -217,12 +218,15 @@ class RunPipeline:
             for other in others:  # an older version waits in another segment's carry:
                 if item.email in other.carry:  # it goes first, so this one lands after it
                     self._send(other, full_only=False)
+            waiting = carry.pop(item.email, None)
+            if waiting is not None:  # the later version replaces the waiting one, but
+                item.body = merge_duplicate(waiting.body, item.body)  # never a newer status
             item.payload = encode(item.body)
             if store is not None:
                 item.fingerprint = fingerprint(item.payload, run_started_at)
             previous = known.get(item.email)
-            if carry.pop(item.email, None) is not None:
-                self.outcomes.merged(name)  # the later version replaces the waiting one
+            if waiting is not None:
+                self.outcomes.merged(name)
             elif (
                 previous is not None
                 and previous == item.fingerprint

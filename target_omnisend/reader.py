@@ -24,9 +24,24 @@ from typing import IO, Any
 import msgspec
 from singer_sdk.io_base import SingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine
-from singer_sdk.singerlib.json import deserialize_json
+from singer_sdk.singerlib.json import deserialize_json, serialize_json
 
 _FAST = msgspec.json.Decoder(float_hook=Decimal)
+#: Python refuses to turn longer digit strings into an `int` (a CPU-exhaustion guard);
+#: such a number is kept exact as a `Decimal`, like a number with a fraction.
+_MAX_INT_DIGITS = 4000
+
+
+def _parse_int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else Decimal(text)
+
+
+def encode_state(state: Any) -> str:
+    """A STATE value as one JSON line. The reader hands bookmarks over as `Decimal` (exact,
+    like the SDK's reader), which `json.dumps` refuses: a tap with a float bookmark could
+    never checkpoint. The SDK's own Singer encoder writes a `Decimal` with its exact
+    digits (97.5 stays 97.5, never a string) and NaN/infinity as null."""
+    return serialize_json(state)
 
 
 class SingerInput(SingerReader):
@@ -52,20 +67,32 @@ class SingerInput(SingerReader):
     def deserialize_json(self, line: str) -> dict:
         try:
             message = _FAST.decode(line)
-        except (msgspec.DecodeError, UnicodeEncodeError):
+        except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
             message = self._stock_decode(line)
         if not isinstance(message, dict):
             raise InvalidInputLine(
                 f"line {self.line_number} is a JSON {type(message).__name__}, not a message"
             )
+        kind = message.get("type", "")
+        if type(kind) is not str:  # the SDK looks it up in a dict: a list would crash it
+            raise InvalidInputLine(
+                f"line {self.line_number} has a message type that is a JSON "
+                f"{type(kind).__name__}, not a string"
+            )
         return message
 
     def _stock_decode(self, line: str) -> Any:
         try:
-            return deserialize_json(line)
+            return deserialize_json(line, parse_int=_parse_int)
         except json.JSONDecodeError as exc:
             raise InvalidInputLine(
                 f"line {self.line_number} is not JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        except RecursionError:
+            # Hundreds of nested levels: no tap writes a profile like that, and no part
+            # of the pipeline (validation, mapping, the rejected file) could handle it.
+            raise InvalidInputLine(
+                f"line {self.line_number} nests arrays/objects too deeply to be read"
             ) from None
 
     def assert_line_requires(self, line_dict: dict, requires: set[str]) -> None:  # type: ignore[override]

@@ -17,6 +17,7 @@ import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from string import Formatter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,10 +126,14 @@ def is_loopback(host: str) -> bool:
 
 def check_api_url(url: str) -> str:
     """Profiles and the key travel in these requests: plain http only to this machine."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        hostname = None
+    if hostname is None or parts.scheme not in {"https", "http"}:
         raise ConfigError(f"api_url must be an https:// URL (got {url!r})")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(hostname):
         raise ConfigError(
             "api_url uses plain http:// to a non-loopback host; use https:// "
             "(http is accepted only for 127.0.0.1/localhost test servers)"
@@ -180,12 +185,8 @@ def _template(value: Any, key: str) -> str:
     """A name template: text with `{stream_name}` as its only placeholder."""
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be text (got {value!r})")
-    try:
-        value.format(stream_name="s")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"{key} may only use {{stream_name}} as a placeholder (got {value!r})"
-        ) from exc
+    if not _only_stream_name(value):
+        raise ConfigError(f"{key} may only use {{stream_name}} as a placeholder (got {value!r})")
     return value
 
 
@@ -217,17 +218,50 @@ def segment_names(
     return _template(explicit, "segment_name"), names
 
 
-def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
-    api_key = config.get("api_key")
-    if not isinstance(api_key, str) or not api_key.strip():
+def check_api_key(value: Any) -> str:
+    """Whitespace around a pasted key is trimmed; anything else that is not a visible
+    ASCII character (a line break inside, a tab, a non-ASCII letter) is refused here,
+    in one line that never quotes the key: sent as a header it would otherwise fail
+    deep in http.client with an error that quotes the whole header, key included."""
+    if not isinstance(value, str) or not value.strip():
         raise ConfigError("api_key is missing: set it in config or TARGET_OMNISEND_API_KEY")
+    key = value.strip()
+    if not all("!" <= char <= "~" for char in key):
+        raise ConfigError(
+            "api_key contains a space, line break or other character that cannot be part "
+            "of an Omnisend API key: paste the key alone, on one line"
+        )
+    return key
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool:
+    value = _default(config, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false (got {value!r})")
+    return value
+
+
+def _only_stream_name(template: str) -> bool:
+    """`{stream_name}` and literal text only: no other field, attribute, index, format
+    spec (`{stream_name:>9999999999}` would build a 10 GB tag) or conversion."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template)]
+    except ValueError:
+        return False
+    return all(
+        name in (None, "stream_name") and not spec and not conv for name, spec, conv in fields
+    )
+
+
+def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
+    api_key = check_api_key(config.get("api_key"))
     version = _choice(config, "api_version")
 
     field_mapping = dict(config.get("field_mapping") or {})
     unknown = sorted(set(field_mapping) - set(STANDARD_ATTRIBUTES))
     if unknown:
         raise ConfigError(
-            f"field_mapping has unknown Omnisend attribute(s) {', '.join(unknown)}; "
+            f"field_mapping has unknown Omnisend attribute(s) {', '.join(map(repr, unknown))}; "
             f"use {', '.join(STANDARD_ATTRIBUTES)} (put other fields in custom_properties)"
         )
     for name, source in {**field_mapping, **dict(config.get("custom_properties") or {})}.items():
@@ -247,6 +281,8 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         status_timestamp_field=config.get("status_timestamp_field") or None,
         send_welcome_message=bool(_default(config, "send_welcome_message")),
         run_started_at=started,
+        lowercase_emails=_flag(config, "lowercase_emails"),
+        clear_missing_values=_flag(config, "clear_missing_values"),
     )
     segment_tag = _template(
         config.get("segment_tag", setting("segment_tag")["default"]) or "", "segment_tag"
@@ -274,7 +310,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
     max_concurrency = int(_number(config, "max_concurrency"))
     segment_name, per_stream_names = segment_names(config, version, segment_tag)
     return Settings(
-        api_key=api_key.strip(),
+        api_key=api_key,
         api_url=check_api_url(_default(config, "api_url")),
         generation=GENERATIONS[version],
         mapping=mapping,

@@ -15,14 +15,13 @@ from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
 from singer_sdk.helpers._classproperty import classproperty
 from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.singerlib.exceptions import InvalidInputLine
-from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_omnisend.api import LATEST_VERSION
 from target_omnisend.config_schema import CONFIG_SCHEMA
 from target_omnisend.pipeline import RunPipeline
-from target_omnisend.privacy import redact
-from target_omnisend.reader import SingerInput
+from target_omnisend.privacy import one_line_error, secrets_in_use
+from target_omnisend.reader import SingerInput, encode_state
 from target_omnisend.settings import load_settings
 from target_omnisend.sinks import ContactsSink
 from target_omnisend.unknown_settings import warn_unknown_settings
@@ -78,9 +77,7 @@ class TargetOmnisend(Target):
         """STATE only once every record before it has a final outcome, and never in a dry
         run or after a cancel."""
         if self.pipeline.checkpoint():
-            # Not the SDK's json.dumps: its reader makes every JSON number with a fraction a
-            # Decimal, which json.dumps refuses (a tap's float bookmark failed the run).
-            sys.stdout.write(serialize_json(state) + "\n")
+            sys.stdout.write(encode_state(state) + "\n")  # exact Decimal bookmarks
             sys.stdout.flush()
 
     def _process_activate_version_message(self, message_dict: dict) -> None:
@@ -130,13 +127,8 @@ class TargetOmnisend(Target):
 
     @classmethod
     def _exit(cls, message: str, code: int = 1) -> None:
-        secrets = _secrets_from_env()
-        cls.logger.error("%s", redact(message, *secrets))
+        cls.logger.error("%s", one_line_error(message, secrets_in_use(sys.argv, os.environ)))
         sys.exit(code)
-
-
-def _secrets_from_env() -> list[str]:
-    return [v for k, v in os.environ.items() if k.endswith("API_KEY") and v]
 
 
 if __name__ == "__main__":

@@ -261,7 +261,10 @@ def test_explicit_per_record_status_carries_its_own_date() -> None:
         "status": "unsubscribed",
         "statusChangedAt": "2026-05-01T06:00:00Z",
     }
-    undated = contact({"email": "a@example.com", "consent": "SUBSCRIBED"}, cfg)
+    undated = contact(
+        {"email": "a@example.com", "consent": "SUBSCRIBED"},
+        MappingConfig(status_field="consent", run_started_at="2026-11-29T00:00:00Z"),
+    )
     assert undated.body["identifiers"][0]["channels"]["email"]["statusChangedAt"] == (
         "2026-11-29T00:00:00Z"
     )

@@ -32,7 +32,16 @@ def test_numbers_with_a_fraction_stay_exact() -> None:
     assert record["ltv"] == Decimal("12.50") and str(record["ltv"]) == "12.50"
 
 
-@pytest.mark.parametrize("line", ['{"type":"RECORD",', "[1, 2]", '"text"'])
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"type":"RECORD",',
+        "[1, 2]",
+        '"text"',
+        '{"type":["RECORD"],"stream":"s"}',  # the SDK would crash on an unhashable type
+        '{"type":"RECORD","record":' + "[" * 5000 + "]" * 5000 + "}",
+    ],
+)
 def test_a_bad_line_is_named_by_number_without_its_content(line: str) -> None:
     reader = SingerInput()
     reader.line_number = 7
@@ -40,3 +49,8 @@ def test_a_bad_line_is_named_by_number_without_its_content(line: str) -> None:
         reader.deserialize_json(line)
     assert "line 7" in str(raised.value)
     assert line not in str(raised.value)
+
+
+def test_integers_too_long_for_python_stay_exact() -> None:
+    record = SingerInput().deserialize_json('{"type":"RECORD","n":1' + "0" * 5000 + "}")
+    assert record["n"] == Decimal("1" + "0" * 5000)

@@ -135,7 +135,9 @@ class Service:
         if rule is not None:
             raise ApiError(
                 rule.effective_status,
-                "Omnisend refused this contact (injected item_error)",
+                rule.body
+                if isinstance(rule.body, str)
+                else "Omnisend refused this contact (injected item_error)",
                 slug="item-error",
             )
         with self.store.lock:

@@ -40,7 +40,8 @@ class FaultRule:
     "batch_stopped" (batch ends `stopped` after half its items), "batch_stuck" (batch
     stays `inProgress`), "batch_short" (the last item is silently skipped, yet the batch
     says `finished` with no errors, so finishedCount < totalCount), "item_error" (items
-    whose email matches `email_pattern` fail with `status`, default 400).
+    whose email matches `email_pattern` fail with `status`, default 400, and `body` as the
+    problem's detail when it is a string).
     """
 
     method: str | None = None
