@@ -143,6 +143,7 @@ class OmnisendClient:
         raw: bytes | None = None,
         group: str = "default",
         url: str | None = None,
+        priority: bool = False,
     ) -> Any:
         """Send one request with pacing and retries; return its parsed JSON body.
 
@@ -159,7 +160,7 @@ class OmnisendClient:
         rate_limit_waits = 0
         last_problem = "no attempt made"
         while True:
-            limiter.acquire()
+            limiter.acquire(priority=priority)
             if self._cancelled.is_set():
                 raise Cancelled()
             sent_at = time.monotonic()
@@ -301,7 +302,7 @@ class OmnisendClient:
         )
 
     def get_batch(self, batch_id: str) -> BatchStatus | None:
-        return parse_batch(self.call("GET", f"/batches/{batch_id}"))
+        return parse_batch(self.call("GET", f"/batches/{batch_id}", priority=True))
 
     def list_batches(
         self, page: dict[str, str] | str | None, date_from: str, limit: int = 250
@@ -310,9 +311,9 @@ class OmnisendClient:
         URL from an earlier page) or from the start."""
         params = {"endpoint": "contacts", "dateFrom": date_from, "limit": str(limit)}
         if isinstance(page, str):
-            payload = self.call("GET", "/batches", url=self._same_origin(page))
+            payload = self.call("GET", "/batches", url=self._same_origin(page), priority=True)
         else:
-            payload = self.call("GET", "/batches", params={**params, **(page or {})})
+            payload = self.call("GET", "/batches", params={**params, **(page or {})}, priority=True)
         payload = payload if isinstance(payload, dict) else {}
         found = (parse_batch(raw) for raw in payload.get("batches") or [])
         paging = payload.get("paging") if isinstance(payload.get("paging"), dict) else {}
@@ -324,7 +325,7 @@ class OmnisendClient:
         )
 
     def batch_items(self, batch_id: str) -> list[ItemResult]:
-        pages = self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250})
+        pages = self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250}, priority=True)
         return [parse_item(raw) for raw in pages]
 
     def list_contacts(self, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -336,17 +337,21 @@ class OmnisendClient:
     def remove_tags(self, tags: list[str], emails: list[str]) -> None:
         self.call("DELETE", "/contacts/tags", body={"tags": tags, "emails": emails}, group="tags")
 
-    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        payload = self.call("GET", path, params=params) or {}
+    def _pages(
+        self, path: str, key: str, params: dict[str, Any], *, priority: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        payload = self.call("GET", path, params=params, priority=priority) or {}
         while True:
             yield from payload.get(key) or []
             following = self.generation.next_page(payload)
             if following is None:
                 return
             if isinstance(following, str):
-                payload = self.call("GET", path, url=self._same_origin(following)) or {}
+                url = self._same_origin(following)
+                payload = self.call("GET", path, url=url, priority=priority) or {}
             else:
-                payload = self.call("GET", path, params={**params, **following}) or {}
+                query = {**params, **following}
+                payload = self.call("GET", path, params=query, priority=priority) or {}
 
     def _same_origin(self, url: str) -> str:
         """A next-page URL is followed on our own API host only: the key goes with it."""
