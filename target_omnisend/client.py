@@ -147,8 +147,10 @@ class OmnisendClient:
     ) -> Any:
         """Send one request with pacing and retries; return its parsed JSON body.
 
-        Raises `RequestRefused` for a 4xx about the payload, `AuthenticationError` for a
-        refused key, `DeliveryError` when the retry budget is spent.
+        `priority` requests (confirmation reads) take the rate-limit budget before waiting
+        writes. Raises `RequestRefused` for a 4xx about the payload, `AuthenticationError`
+        for a refused key, `DeliveryError` when the retry budget is spent or Omnisend asks
+        for a pause longer than `max_wait`, `Cancelled` after `cancel()`.
         """
         target = url or f"{self.root}{path}"
         data = raw
