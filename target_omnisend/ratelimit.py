@@ -45,11 +45,13 @@ def header_number(headers: Mapping[str, str], name: str) -> float | None:
 def reset_seconds(value: float, now_epoch: float) -> float | None:
     """Seconds until a `X-Rate-Limit-Reset` value, read as seconds left (documented) or,
     when it is obviously a timestamp, as a Unix time in seconds or milliseconds. None
-    when it makes no sense (a timestamp in the past): the caller ignores it."""
+    when it makes no sense (a timestamp well in the past): the caller ignores it."""
     if value >= _EPOCH_MILLISECONDS:
         value = value / 1000.0 - now_epoch
     elif value >= _EPOCH_SECONDS:
         value = value - now_epoch
+    if -2.0 <= value < 0:  # a whole-second timestamp that has just passed: now
+        return 0.0
     return value if value >= 0 else None
 
 
