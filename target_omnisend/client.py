@@ -152,13 +152,17 @@ class OmnisendClient:
         group: str = "default",
         url: str | None = None,
         idempotent: bool = True,
+        priority: bool = False,
     ) -> Any:
         """Send one request with pacing and retries; return its parsed JSON body.
 
-        Raises `RequestRefused` for a 4xx about the payload, `AuthenticationError` for a
-        refused key, `DeliveryError` when the retry budget is spent. A write that is not
-        `idempotent` is never repeated after a failure that may have applied it (timeout,
-        reset, 5xx): `AmbiguousWrite` instead, so the caller can look first.
+        `priority` requests (confirmation reads) take the rate-limit budget before waiting
+        writes. A write that is not `idempotent` is never repeated after a failure that may
+        have applied it (timeout, reset, 5xx): `AmbiguousWrite` instead, so the caller can
+        look first. Raises `RequestRefused` for a 4xx about the payload,
+        `AuthenticationError` for a refused key, `DeliveryError` when the retry budget is
+        spent or Omnisend asks for a pause longer than `max_wait`, `Cancelled` after
+        `cancel()`.
         """
         target = url or f"{self.root}{path}"
         data = raw
@@ -170,7 +174,7 @@ class OmnisendClient:
         rate_limit_waits = 0
         last_problem = "no attempt made"
         while True:
-            limiter.acquire()
+            limiter.acquire(priority=priority)
             if self._cancelled.is_set():
                 raise Cancelled()
             sent_at = time.monotonic()
@@ -314,7 +318,7 @@ class OmnisendClient:
         )
 
     def get_batch(self, batch_id: str) -> BatchStatus | None:
-        return parse_batch(self.call("GET", f"/batches/{batch_id}"))
+        return parse_batch(self.call("GET", f"/batches/{batch_id}", priority=True))
 
     def list_batches(
         self, page: dict[str, str] | str | None, date_from: str, limit: int = 250
@@ -323,9 +327,9 @@ class OmnisendClient:
         URL from an earlier page) or from the start."""
         params = {"endpoint": "contacts", "dateFrom": date_from, "limit": str(limit)}
         if isinstance(page, str):
-            payload = self.call("GET", "/batches", url=self._same_origin(page))
+            payload = self.call("GET", "/batches", url=self._same_origin(page), priority=True)
         else:
-            payload = self.call("GET", "/batches", params={**params, **(page or {})})
+            payload = self.call("GET", "/batches", params={**params, **(page or {})}, priority=True)
         payload = payload if isinstance(payload, dict) else {}
         found = (parse_batch(raw) for raw in payload.get("batches") or [])
         paging = payload.get("paging") if isinstance(payload.get("paging"), dict) else {}
@@ -337,7 +341,7 @@ class OmnisendClient:
         )
 
     def batch_items(self, batch_id: str) -> list[ItemResult]:
-        pages = self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250})
+        pages = self._pages(f"/batches/{batch_id}/items", "items", {"limit": 250}, priority=True)
         return [parse_item(raw) for raw in pages]
 
     def list_contacts(self, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -350,9 +354,15 @@ class OmnisendClient:
         self.call("DELETE", "/contacts/tags", body={"tags": tags, "emails": emails}, group="tags")
 
     def _pages(
-        self, path: str, key: str, params: dict[str, Any], group: str = "default"
+        self,
+        path: str,
+        key: str,
+        params: dict[str, Any],
+        group: str = "default",
+        *,
+        priority: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        payload = _object(self.call("GET", path, params=params, group=group))
+        payload = _object(self.call("GET", path, params=params, group=group, priority=priority))
         seen: set[str] = set()
         while True:
             yield from _objects(payload.get(key))
@@ -365,10 +375,12 @@ class OmnisendClient:
             seen.add(repr(following))
             if isinstance(following, str):
                 url = self._same_origin(following)
-                payload = _object(self.call("GET", path, url=url, group=group))
+                payload = _object(self.call("GET", path, url=url, group=group, priority=priority))
             else:
                 query = {**params, **following}
-                payload = _object(self.call("GET", path, params=query, group=group))
+                payload = _object(
+                    self.call("GET", path, params=query, group=group, priority=priority)
+                )
 
     # -- saved segments (2026-03-15): budgets of their own, 403 = a missing scope ------
 

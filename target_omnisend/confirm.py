@@ -13,7 +13,6 @@ minutes) is looked up on its own, at a growing interval: correct always, cheap u
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -66,22 +65,22 @@ class _Walk:
     found: dict[str, BatchStatus] = field(default_factory=dict)
     #: (when we submitted it, where to start a walk to find it) per expected batch seen
     hits: list[tuple[float, PageKey]] = field(default_factory=list)
-    #: Every entry seen so far in non-decreasing createdAt order (an oldest-first list).
+    #: Every entry seen so far in non-decreasing createdAt order (an oldest-first list)
+    #: or in non-increasing order (newest-first).
     ascending: bool = True
+    descending: bool = True
     #: The server pages by offset (so positions can be asked for).
     offsets: bool = True
     last_created: dt.datetime | None = None
 
     def anchor(self) -> tuple[bool, PageKey]:
-        """Where the next walk should start, if this one learned it. A list that puts
-        our later batches first is newest-first: start at the top. Otherwise start at
-        the first of ours (oldest-first: everything newer comes after it)."""
+        """Where the next walk should start, if this one learned it. A list whose
+        createdAt only ever went down is newest-first: start at the top. Otherwise start
+        at the first of ours (oldest-first: everything newer comes after it). Our own
+        submit times are no guide: concurrent posts return in any order."""
         if not self.hits:
             return False, None
-        times = [submitted for submitted, _ in self.hits]
-        later_first = sum(a > b for a, b in itertools.pairwise(times))
-        later_last = sum(a < b for a, b in itertools.pairwise(times))
-        if later_first > later_last:
+        if self.descending and not self.ascending:
             return True, None
         return True, self.hits[0][1]
 
@@ -95,6 +94,7 @@ class BatchWatcher:
         *,
         max_pages: int = 4,
         misses_before_lookup: int = 2,
+        max_lookups: int = 8,
         min_stale_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
@@ -102,6 +102,7 @@ class BatchWatcher:
         self.client = client
         self.max_pages = max_pages
         self.misses_before_lookup = misses_before_lookup
+        self.max_lookups = max_lookups
         self.min_stale_after = min_stale_after
         self.stats = WatchStats()
         self._clock = clock
@@ -151,9 +152,13 @@ class BatchWatcher:
                 watch = self._watched.get(batch_id)
                 if watch is not None:
                     watch.misses = 0 if batch_id in walk.found else watch.misses + 1
-        for batch_id, watch in watched.items():
+        lookups = 0
+        for batch_id, watch in sorted(watched.items(), key=lambda pair: pair[1].next_lookup):
             if batch_id in walk.found or batch_id in expected or now < watch.next_lookup:
                 continue
+            if lookups >= self.max_lookups:
+                break  # the rest next time: lookups must never crowd out the writes
+            lookups += 1
             # Missed too often or slow: ask for it directly, less and less often.
             watch.lookup_gap = min(max(2 * watch.lookup_gap, 5.0), 60.0)
             watch.next_lookup = now + watch.lookup_gap
@@ -227,9 +232,12 @@ class BatchWatcher:
         walk.offsets = walk.offsets and page.offset is not None
         for position, batch in enumerate(page.batches):
             created = _parse_time(batch.created_at)
-            if created is None or (walk.last_created is not None and created < walk.last_created):
+            previous = walk.last_created
+            if created is None or (previous is not None and created < previous):
                 walk.ascending = False
-            walk.last_created = created or walk.last_created
+            if created is None or (previous is not None and created > previous):
+                walk.descending = False
+            walk.last_created = created or previous
             if batch.batch_id not in watched:
                 continue
             walk.found[batch.batch_id] = batch

@@ -45,11 +45,13 @@ def header_number(headers: Mapping[str, str], name: str) -> float | None:
 def reset_seconds(value: float, now_epoch: float) -> float | None:
     """Seconds until a `X-Rate-Limit-Reset` value, read as seconds left (documented) or,
     when it is obviously a timestamp, as a Unix time in seconds or milliseconds. None
-    when it makes no sense (a timestamp in the past): the caller ignores it."""
+    when it makes no sense (a timestamp well in the past): the caller ignores it."""
     if value >= _EPOCH_MILLISECONDS:
         value = value / 1000.0 - now_epoch
     elif value >= _EPOCH_SECONDS:
         value = value - now_epoch
+    if -2.0 <= value < 0:  # a whole-second timestamp that has just passed: now
+        return 0.0
     return value if value >= 0 else None
 
 
@@ -81,31 +83,42 @@ class WindowLimiter:
         self._announced_until = 0.0
         self._noted_bad_reset = False
         self._cancelled = False
+        self._priority_waiting = 0
         self._margin = 0.0  # how late the server may see a request we sent
         self.waited_seconds = 0.0
         self.longest_wait = 0.0
 
-    def acquire(self) -> None:
-        """Block until the window has budget left, then spend one request."""
+    def acquire(self, *, priority: bool = False) -> None:
+        """Block until the window has budget left, then spend one request. A `priority`
+        request (a confirmation read) goes before every waiting ordinary one: writes
+        would otherwise take each freed slot while their own confirmations wait,
+        holding batch slots, for the next window."""
         started: float | None = None
         with self._cond:
-            while True:
-                if self._cancelled:
-                    raise Cancelled()
-                now = self._clock()
-                self._expire(now)
-                ready_at = self._ready_at(now)
-                if ready_at <= now:
-                    self._sent.append(now)
-                    if started is not None:
-                        waited = now - started
-                        self.waited_seconds += waited
-                        self.longest_wait = max(self.longest_wait, waited)
-                    return
-                started = now if started is None else started
-                self._announce(now, ready_at)
-                # Short waits: a header or a 429 elsewhere may change the plan.
-                self._cond.wait(timeout=min(ready_at - now, 0.25))
+            if priority:
+                self._priority_waiting += 1
+            try:
+                while True:
+                    if self._cancelled:
+                        raise Cancelled()
+                    now = self._clock()
+                    self._expire(now)
+                    ready_at = self._ready_at(now)
+                    if ready_at <= now and (priority or not self._priority_waiting):
+                        self._sent.append(now)
+                        if started is not None:
+                            waited = now - started
+                            self.waited_seconds += waited
+                            self.longest_wait = max(self.longest_wait, waited)
+                        return
+                    started = now if started is None else started
+                    self._announce(now, ready_at)
+                    # Short waits: a header or a 429 elsewhere may change the plan.
+                    self._cond.wait(timeout=max(min(ready_at - now, 0.25), 0.01))
+            finally:
+                if priority:
+                    self._priority_waiting -= 1
+                    self._cond.notify_all()
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Adopt the server's view when it gives one: its limit (never above ours), its

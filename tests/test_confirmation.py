@@ -232,7 +232,7 @@ def test_a_long_rate_limit_wait_is_logged_and_then_delivered(tmp_path: Path) -> 
                 path="/batches",
                 kind="rate_limit",
                 times=1,
-                headers={"Retry-After": "6"},
+                headers={"Retry-After": "8"},
             )
         )
         run = run_target(
@@ -241,4 +241,4 @@ def test_a_long_rate_limit_wait_is_logged_and_then_delivered(tmp_path: Path) -> 
         held = set(_held(server))
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(held) == 10
-    assert re.search(r"waiting [56] s for Omnisend's rate-limit window", run.stderr), run.stderr
+    assert re.search(r"waiting [5-8] s for Omnisend's rate-limit window", run.stderr), run.stderr

@@ -103,7 +103,13 @@ def test_sliding_window_never_allows_more_than_the_limit_in_any_window() -> None
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(7, 7.0), (EPOCH + 42, 42.0), ((EPOCH + 42) * 1000, 42.0), (EPOCH - 5, None)],
+    [
+        (7, 7.0),
+        (EPOCH + 42, 42.0),
+        ((EPOCH + 42) * 1000, 42.0),
+        (EPOCH - 1, 0.0),  # whole seconds: the reset second has just begun
+        (EPOCH - 5, None),
+    ],
 )
 def test_reset_is_read_as_seconds_or_as_a_timestamp(value: float, expected: float | None) -> None:
     assert reset_seconds(value, EPOCH) == expected
