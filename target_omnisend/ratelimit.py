@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -37,9 +38,10 @@ def header_number(headers: Mapping[str, str], name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None  # NaN and infinity are no hints
 
 
 def reset_seconds(value: float, now_epoch: float) -> float | None:
@@ -131,10 +133,12 @@ class WindowLimiter:
         reset = header_number(headers, "X-Rate-Limit-Reset")
         with self._cond:
             now = self._clock()
-            if limit is not None and limit > 0:
+            if limit is not None and limit >= 1:  # a limit below one request is no limit
                 self.limit = min(self._configured_limit, int(limit))
             self._expire(now)
             seconds = self._reset_seconds(reset) if reset is not None else None
+            if reset is not None and seconds is None:
+                return  # a Reset that makes no sense discredits the whole hint: a 429 will say
             ours = self.limit - len(self._sent)
             theirs = max(int(remaining), 0)
             # Requests we cannot see used the budget: count them as ours, freed when the
@@ -145,8 +149,12 @@ class WindowLimiter:
             stamp = (
                 now - self.window_seconds + (until if until is not None else self.window_seconds)
             )
-            for _ in range(max(ours - theirs, 0)):
-                bisect.insort(self._sent, stamp)
+            unseen = min(max(ours - theirs, 0), self.limit)
+            if unseen:  # one splice, not one sorted insert each (a high limit made it O(n^2))
+                sent = list(self._sent)
+                at = bisect.bisect_right(sent, stamp)
+                sent[at:at] = [stamp] * unseen
+                self._sent = deque(sent)
             # Nothing left: our own log already waits for its oldest request unless the
             # server counts requests we did not send; only then pause until its reset
             # (a sliding window's Reset is rounded up to whole seconds: pausing on every

@@ -440,11 +440,6 @@ def test_the_client_survives_any_answer_without_leaking_the_key_or_waiting_forev
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rate limiter trusts any hint: X-Rate-Limit-Limit 0.5 or a Reset of 1e9 "
-    "stalls it forever, NaN/inf crash int(); for the rate-limit rewrite, not issue 11",
-)
 @pytest.mark.parametrize(
     ("status", "headers"),
     [
