@@ -200,6 +200,7 @@ class RunPipeline:
     def hand_over(self, name: str, items: list[Item]) -> None:
         """Skip what Omnisend already has, carry the rest until a batch is full."""
         stream = self._stream(name)
+        items = self._merge_duplicates(name, items)
         seen = self._seen_for(name)
         store = self.store if stream.part is not None else None
         known = (
@@ -240,6 +241,19 @@ class RunPipeline:
         if unchanged:
             self.outcomes.unchanged(name, unchanged)
         self._send(stream, full_only=True)
+
+    def _merge_duplicates(self, name: str, items: list[Item]) -> list[Item]:
+        """One item per email of a hand-over, the latest record's, counted as merged (a
+        duplicate of an unchanged contact is a duplicate, not a second unchanged one);
+        its status stays the newer of the two."""
+        latest: dict[str, Item] = {}
+        for item in items:
+            earlier = latest.pop(item.email, None)
+            if earlier is not None:
+                item.body = merge_duplicate(earlier.body, item.body)
+                self.outcomes.merged(name)
+            latest[item.email] = item
+        return list(latest.values()) if len(latest) < len(items) else items
 
     def _send(self, stream: _Stream, *, full_only: bool) -> None:
         size = self.settings.batch_size

@@ -124,6 +124,9 @@ def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
             "OMNISEND_API_KEY": API_KEY,
             # the one thing a real user does not set: the local server instead of Omnisend
             "TARGET_OMNISEND_API_URL": server.url,
+            # uv caches a build of a local checkout by its pyproject.toml alone: without
+            # this, a test run after a code change would install the code of an older run
+            "UV_NO_CACHE": "1",
         },
         capture_output=True,
         text=True,
