@@ -29,9 +29,7 @@ from target_omnisend.api import BatchStatus, ItemResult, problem_summary
 from target_omnisend.client import OmnisendClient, RequestRefused
 from target_omnisend.confirm import BatchWatcher
 from target_omnisend.errors import Cancelled, DeliveryError
-from target_omnisend.tagging import TAG_CHUNK, TagChunks, TagQueue
-
-__all__ = ["TAG_CHUNK", "DeliveryEngine", "EngineStats", "Item", "OutcomeSink", "TagChunks"]
+from target_omnisend.tagging import TAG_CHUNK, TagQueue
 
 
 @dataclass

@@ -19,7 +19,7 @@ from target_omnisend.api import SavedSegment
 from target_omnisend.client import OmnisendClient, batch_body
 from target_omnisend.delivery import Item, OutcomeSink
 from target_omnisend.errors import Cancelled
-from target_omnisend.tagging import TAG_CHUNK, TagChunks
+from target_omnisend.tagging import TagChunks, tag_calls
 from target_omnisend.writer import tagged_members
 
 
@@ -77,8 +77,7 @@ class DryRunWriter:
         return tagged_members(self.client, tag)
 
     def remove_tags(self, tag: str, emails: list[str]) -> None:
-        for start in range(0, len(emails), TAG_CHUNK):
-            chunk = emails[start : start + TAG_CHUNK]
+        for chunk in tag_calls(emails):
             self._write("DELETE", "/contacts/tags", {"tags": [tag], "emails": chunk})
 
     def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:

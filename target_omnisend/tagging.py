@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from target_omnisend.errors import Cancelled
 
 T = TypeVar("T")
 TAG_CHUNK = 250  # Omnisend: at most 250 emails per tags call
+
+
+def tag_calls(emails: Sequence[str]) -> Iterator[list[str]]:
+    """The emails of one tag change, cut into calls of at most 250."""
+    for start in range(0, len(emails), TAG_CHUNK):
+        yield list(emails[start : start + TAG_CHUNK])
 
 
 class TagChunks(Generic[T]):

@@ -15,7 +15,7 @@ from target_omnisend.api import SavedSegment
 from target_omnisend.client import OmnisendClient
 from target_omnisend.delivery import DeliveryEngine, Item
 from target_omnisend.mapping import email_of
-from target_omnisend.tagging import TAG_CHUNK
+from target_omnisend.tagging import tag_calls
 
 
 class Writer(Protocol):
@@ -85,8 +85,8 @@ class OmnisendWriter:
         return tagged_members(self.client, tag)
 
     def remove_tags(self, tag: str, emails: list[str]) -> None:
-        for start in range(0, len(emails), TAG_CHUNK):
-            self.client.remove_tags([tag], emails[start : start + TAG_CHUNK])
+        for chunk in tag_calls(emails):
+            self.client.remove_tags([tag], chunk)
 
     def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
         return self.client.create_segment(body)
