@@ -101,8 +101,6 @@ class FingerprintStore:
     """SQLite-backed fingerprints and staged removals; thread-safe (delivery confirms
     from worker threads)."""
 
-    read_only = False
-
     def __init__(self, path: str | Path, scope: str, config_hash: str) -> None:
         self.path = Path(path)
         self.scope = scope
@@ -311,8 +309,6 @@ class FingerprintStore:
 class ReadOnlyStore(FingerprintStore):
     """The store as a dry run sees it: the same reads, no writes (a missing file reads
     as empty). A dry run must leave the store exactly as the next real run needs it."""
-
-    read_only = True
 
     def _open(self) -> sqlite3.Connection:
         if not self.path.exists():
