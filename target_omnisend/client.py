@@ -174,10 +174,10 @@ class OmnisendClient:
         rate_limit_waits = 0
         last_problem = "no attempt made"
         while True:
-            limiter.acquire(priority=priority)
+            stamp = limiter.acquire(priority=priority)
             if self._cancelled.is_set():
                 raise Cancelled()
-            sent_at = time.monotonic()
+            response: requests.Response | None = None
             try:
                 # Never follow a redirect: it would carry the key (v5's X-API-KEY header
                 # survives a change of host) and, on 307/308, the profiles elsewhere.
@@ -195,7 +195,9 @@ class OmnisendClient:
                 self.stats.count(0)
             else:
                 self.stats.count(response.status_code)
-                limiter.note_latency(time.monotonic() - sent_at)
+            finally:
+                limiter.answered(stamp)
+            if response is not None:
                 payload = _json_or_none(response)
                 status = response.status_code
                 if status != 429:

@@ -29,6 +29,9 @@ DAY_MARGIN = dt.timedelta(hours=14)
 CLOCK_SKEW = dt.timedelta(minutes=5)
 #: A seek stops narrowing once our batches are known to start within one page.
 PAGE = 250
+#: Concurrent posts are answered in any order: a batch we learn of late may be listed a
+#: little before the first one we knew of, so a walk starts this many entries earlier.
+ANCHOR_SLACK = 16
 
 PageKey = dict[str, str] | str | None
 
@@ -244,7 +247,9 @@ class BatchWatcher:
             # Where to start next time: exactly here when the server pages by offset,
             # else the page this came from.
             here: PageKey = (
-                {"offset": str(page.offset + position)} if page.offset is not None else key
+                {"offset": str(max(page.offset + position - ANCHOR_SLACK, 0))}
+                if page.offset is not None
+                else key
             )
             if batch.batch_id in expected:
                 walk.hits.append((watched[batch.batch_id].submitted, here))

@@ -98,7 +98,6 @@ class DeliveryEngine:
         max_pending_batches: int = 64,
         poll_interval: float = 0.5,
         max_poll_interval: float = 5.0,
-        sends_per_poll: int = 40,
         batch_timeout: float = 900.0,
         max_item_attempts: int = 3,
         tag_flush_after: float = 3.0,
@@ -110,8 +109,10 @@ class DeliveryEngine:
         self.logger = logger or logging.getLogger("target-omnisend.delivery")
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
-        # With few slots, waiting for many sends before a poll would idle the run.
-        self.sends_per_poll = max(1, min(sends_per_poll, max_pending_batches // 2))
+        # Poll once this many batches await confirmation: late enough that one list read
+        # confirms many, early enough that the batches still being posted (and those
+        # Omnisend has not finished) fit in the slots left, so sending never stalls.
+        self.poll_at = max(1, max_pending_batches - max(max_pending_batches // 4, 1))
         self.batch_timeout = batch_timeout
         self.max_item_attempts = max_item_attempts
         self.max_tag_backlog = max_tag_backlog or max(TAG_CHUNK, 100 * max_pending_batches)
@@ -123,7 +124,6 @@ class DeliveryEngine:
         self._cond = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._open_items = 0
-        self._sends_since_poll = 0
         self._unsent = 0  # jobs handed to the senders, not yet posted (or refused)
         self._fruitless_polls = 0  # polls in a row that confirmed nothing
         self._waiters = 0
@@ -244,11 +244,12 @@ class DeliveryEngine:
             return
         with self._cond:
             self.stats.batches_sent += 1
-            self._sends_since_poll += 1
             job.batch_id = batch_id
             job.submitted_at = time.monotonic()
             self._jobs[batch_id] = job
             self.watcher.watch(batch_id)
+            if len(self._jobs) >= self.poll_at:
+                self._cond.notify_all()  # the poller: time to confirm
 
     def _refused(self, job: _Job, exc: RequestRefused) -> None:
         """A batch refused as a whole must not take its good items down with it: split
@@ -263,13 +264,15 @@ class DeliveryEngine:
     # -- confirming -------------------------------------------------------------------
 
     def _poll_due(self, last_poll: float) -> bool:
-        """Polls are paid from the writes' budget: one per `sends_per_poll` batches; for a
-        waiting barrier only once everything is posted (then up to 4x less often while
-        polls confirm nothing); and at least every `max_poll_interval`."""
+        """Polls are paid from the writes' budget, so each should confirm as many batches
+        as it can: one when the unconfirmed batches near the slot limit; for a waiting
+        barrier once everything is posted (then up to 4x less often while polls confirm
+        nothing); and at least every `max_poll_interval` while any batch is unconfirmed.
+        A rate-limited run sends in bursts; between them nothing is due."""
         elapsed = time.monotonic() - last_poll
         if elapsed < self.poll_interval:
             return False
-        if self._sends_since_poll >= self.sends_per_poll or elapsed >= self.max_poll_interval:
+        if len(self._jobs) >= self.poll_at or elapsed >= self.max_poll_interval:
             return True
         backoff = self.poll_interval * 2 ** min(self._fruitless_polls, 2)
         return bool(self._waiters and not self._unsent and elapsed >= backoff)
@@ -282,7 +285,6 @@ class DeliveryEngine:
                     self._cond.wait(timeout=min(self.poll_interval, 0.25))
                 if self._stopping() and (not self._jobs or self._error or self._cancelled):
                     return
-                self._sends_since_poll = 0
             last_poll = time.monotonic()
             try:
                 self._poll_once()

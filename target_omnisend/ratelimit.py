@@ -19,7 +19,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 
 from target_omnisend.errors import Cancelled
@@ -80,18 +79,20 @@ class WindowLimiter:
         self._clock = clock
         self._wall_clock = wall_clock
         self._cond = threading.Condition()
-        self._sent: deque[float] = deque()  # send times inside the window, oldest first
+        #: When each request inside the window was counted, oldest first: its send time
+        #: while it is on its way, then the time its answer came (see `answered`).
+        self._sent: list[float] = []
         self._paused_until = 0.0
         self._announced_until = 0.0
         self._noted_bad_reset = False
         self._cancelled = False
         self._priority_waiting = 0
-        self._margin = 0.0  # how late the server may see a request we sent
         self.waited_seconds = 0.0
         self.longest_wait = 0.0
 
-    def acquire(self, *, priority: bool = False) -> None:
-        """Block until the window has budget left, then spend one request. A `priority`
+    def acquire(self, *, priority: bool = False) -> float:
+        """Block until the window has budget left, then spend one request; returns its
+        stamp for `answered()`. A `priority`
         request (a confirmation read) goes before every waiting ordinary one: writes
         would otherwise take each freed slot while their own confirmations wait,
         holding batch slots, for the next window."""
@@ -112,7 +113,7 @@ class WindowLimiter:
                             waited = now - started
                             self.waited_seconds += waited
                             self.longest_wait = max(self.longest_wait, waited)
-                        return
+                        return now
                     started = now if started is None else started
                     self._announce(now, ready_at)
                     # Short waits: a header or a 429 elsewhere may change the plan.
@@ -151,10 +152,8 @@ class WindowLimiter:
             )
             unseen = min(max(ours - theirs, 0), self.limit)
             if unseen:  # one splice, not one sorted insert each (a high limit made it O(n^2))
-                sent = list(self._sent)
-                at = bisect.bisect_right(sent, stamp)
-                sent[at:at] = [stamp] * unseen
-                self._sent = deque(sent)
+                at = bisect.bisect_right(self._sent, stamp)
+                self._sent[at:at] = [stamp] * unseen
             # Nothing left: our own log already waits for its oldest request unless the
             # server counts requests we did not send; only then pause until its reset
             # (a sliding window's Reset is rounded up to whole seconds: pausing on every
@@ -170,12 +169,18 @@ class WindowLimiter:
                 self._pause_locked(now, min(seconds, self.max_wait))
             self._cond.notify_all()
 
-    def note_latency(self, seconds: float) -> None:
-        """A request took this long: the server counted it up to that much later than we
-        did, so our window keeps each request that much longer (else a sliding window on
-        the server still holds a request we already let go of, and answers 429)."""
+    def answered(self, stamp: float) -> None:
+        """The request spent at `stamp` has its answer (or failed): the server counted it
+        somewhere between then and now, so from now on it counts as sent now. A server
+        with a sliding window would otherwise still hold a request we already let go of
+        and answer 429; and no request pays for another's latency (a margin as long as
+        the slowest request, added to every one, lost a second per window)."""
         with self._cond:
-            self._margin = min(max(self._margin * 0.999, seconds), 2.0)
+            now = self._clock()
+            at = bisect.bisect_left(self._sent, stamp)
+            if at < len(self._sent) and self._sent[at] == stamp:
+                del self._sent[at]
+            bisect.insort(self._sent, now)
 
     def pause(self, seconds: float) -> None:
         """The server said 429 and named a time (the caller bounds it by `max_wait`):
@@ -201,15 +206,15 @@ class WindowLimiter:
     # -- internals ----------------------------------------------------------------------
 
     def _expire(self, now: float) -> None:
-        horizon = now - self.window_seconds - self._margin
-        while self._sent and self._sent[0] <= horizon:
-            self._sent.popleft()
+        expired = bisect.bisect_right(self._sent, now - self.window_seconds)
+        if expired:
+            del self._sent[:expired]
 
     def _ready_at(self, now: float) -> float:
         ready = max(now, self._paused_until)
         excess = len(self._sent) - self.limit
         if excess >= 0:
-            ready = max(ready, self._sent[excess] + self.window_seconds + self._margin)
+            ready = max(ready, self._sent[excess] + self.window_seconds)
         return ready
 
     def _pause_locked(self, now: float, seconds: float) -> None:
