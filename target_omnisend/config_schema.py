@@ -173,7 +173,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     _bounded(
         "max_pending_batches",
         th.IntegerType,
-        64,
+        96,
         (1, 1000),
         title="Max pending batches",
         description="Sent-but-unconfirmed batches allowed before reading pauses; bounds memory",

@@ -95,7 +95,7 @@ class DeliveryEngine:
         sink: OutcomeSink,
         *,
         max_concurrency: int = 4,
-        max_pending_batches: int = 64,
+        max_pending_batches: int = 96,
         poll_interval: float = 0.5,
         max_poll_interval: float = 5.0,
         batch_timeout: float = 900.0,
