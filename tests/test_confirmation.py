@@ -242,3 +242,23 @@ def test_a_long_rate_limit_wait_is_logged_and_then_delivered(tmp_path: Path) -> 
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(held) == 10
     assert re.search(r"waiting [5-8] s for Omnisend's rate-limit window", run.stderr), run.stderr
+
+
+def test_one_batch_list_read_confirms_dozens_of_batches(tmp_path: Path) -> None:
+    """Confirmation reads come out of the same budget as writes. A poll waits until the
+    unconfirmed batches near the slot limit (96 by default), so one list read confirms
+    most of them: well under 3 % of the writes, not one read per few dozen sends."""
+    with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.02) as server:
+        records = _records(30_000)
+        run = run_target(
+            _config(server, tmp_path, segment_tag=""),
+            segment_messages(records, key=None),
+            workdir=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        writes = server.count(method="POST", path_prefix="/batches")
+        reads = server.count(method="GET", path_prefix="/batches") - _lookups(server)
+        held = _held(server)
+    assert len(held) == 30_000
+    assert writes == 300
+    assert 1 <= reads <= 0.03 * writes, reads

@@ -177,3 +177,34 @@ def test_cancel_wakes_a_waiting_request_at_once() -> None:
     assert not raised.wait(0.2)
     limiter.cancel()
     assert raised.wait(1)
+
+
+def test_a_request_counts_from_its_answer_not_from_when_it_was_sent() -> None:
+    """The server counts a request somewhere between our send and its answer: only a
+    window after the answer is it surely gone from a sliding window's count."""
+    clock = FakeClock()
+    limiter = WindowLimiter(1, clock=clock)
+    stamp = limiter.acquire()
+    clock.now += 3  # a slow answer
+    limiter.answered(stamp)
+    clock.now += 58  # 61 s after sending, 58 s after the answer
+    done = _acquire_in_background(limiter)
+    assert not done.wait(0.2)
+    clock.now += 2.1
+    assert done.wait(2)
+
+
+def test_one_slow_request_does_not_slow_the_others() -> None:
+    """No margin as long as the slowest request is added to every request: each one
+    counts from its own answer."""
+    clock = FakeClock()
+    limiter = WindowLimiter(2, clock=clock)
+    slow = limiter.acquire()
+    fast = limiter.acquire()
+    clock.now += 0.1
+    limiter.answered(fast)
+    clock.now += 1.9
+    limiter.answered(slow)  # took 2 s
+    clock.now = 1000.0 + 60.2  # a window after the fast answer, not after the slow one
+    done = _acquire_in_background(limiter)
+    assert done.wait(2)
