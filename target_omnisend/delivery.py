@@ -265,17 +265,19 @@ class DeliveryEngine:
 
     def _poll_due(self, last_poll: float) -> bool:
         """Polls are paid from the writes' budget, so each should confirm as many batches
-        as it can: one when the unconfirmed batches near the slot limit; for a waiting
-        barrier once everything is posted (then up to 4x less often while polls confirm
-        nothing); and at least every `max_poll_interval` while any batch is unconfirmed.
-        A rate-limited run sends in bursts; between them nothing is due."""
+        as it can: one when the unconfirmed batches near the slot limit, one for a waiting
+        barrier once everything is posted, and at least one every `max_poll_interval`
+        while any batch is unconfirmed. A rate-limited run sends in bursts; between them
+        nothing is due. Polls that confirm nothing (Omnisend is slow with the batches)
+        come less and less often, up to `max_poll_interval` apart."""
         elapsed = time.monotonic() - last_poll
-        if elapsed < self.poll_interval:
+        longest = max(self.max_poll_interval, self.poll_interval)
+        gap = min(self.poll_interval * 2 ** min(self._fruitless_polls, 16), longest)
+        if elapsed < gap:
             return False
-        if len(self._jobs) >= self.poll_at or elapsed >= self.max_poll_interval:
+        if elapsed >= longest or len(self._jobs) >= self.poll_at:
             return True
-        backoff = self.poll_interval * 2 ** min(self._fruitless_polls, 2)
-        return bool(self._waiters and not self._unsent and elapsed >= backoff)
+        return bool(self._waiters and not self._unsent)
 
     def _poll_loop(self) -> None:
         last_poll = 0.0

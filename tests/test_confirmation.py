@@ -262,3 +262,23 @@ def test_one_batch_list_read_confirms_dozens_of_batches(tmp_path: Path) -> None:
     assert len(held) == 30_000
     assert writes == 300
     assert 1 <= reads <= 0.03 * writes, reads
+
+
+def test_slow_batches_are_polled_less_and_less_often(tmp_path: Path) -> None:
+    """Omnisend takes its time with each batch while every slot is taken: polls that
+    confirm nothing back off (up to `max_poll_interval`) instead of spending the shared
+    budget twenty times a second."""
+    with OmnisendServer(api_keys=(API_KEY,), batch_delay=1.0) as server:
+        records = _records(1000)
+        run = run_target(
+            _config(server, tmp_path, segment_tag="", max_pending_batches=2),
+            segment_messages(records, key=None),
+            workdir=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        writes = server.count(method="POST", path_prefix="/batches")
+        reads = server.count(method="GET", path_prefix="/batches") - _lookups(server)
+        held = _held(server)
+    assert len(held) == 1000
+    assert writes == 10
+    assert reads <= 3 * writes, reads
