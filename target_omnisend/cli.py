@@ -10,30 +10,52 @@ sent yet, so the honest outcome is one line and exit 128 + signal.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import signal
 import sys
 from types import FrameType
 
 
+def _error_line(message: str) -> None:
+    """One log-shaped line on stderr, for the moments before the SDK's logging exists."""
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+    sys.stderr.write(f"{now} | ERROR    | target-omnisend | {message}\n")
+    sys.stderr.flush()
+
+
 def _cancelled_at_start(signum: int, frame: FrameType | None) -> None:
     del frame
-    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
     name = signal.Signals(signum).name
-    sys.stderr.write(
-        f"{now} | ERROR    | target-omnisend | Run cancelled by {name} before it started; "
-        "nothing was read or sent and no STATE was emitted\n"
+    _error_line(
+        f"Run cancelled by {name} before it started; "
+        "nothing was read or sent and no STATE was emitted"
     )
-    sys.stderr.flush()
     os._exit(128 + signum)
+
+
+def _config_files(args: list[str]) -> list[str]:
+    """The files named by `--config` (any number of times; `ENV` is not a file)."""
+    named = [value for flag, value in itertools.pairwise(args) if flag == "--config"]
+    named += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    return [name for name in named if name != "ENV"]
 
 
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _cancelled_at_start)
+    from target_omnisend.privacy import one_line_error, secrets_in_use  # noqa: PLC0415
     from target_omnisend.target import TargetOmnisend  # noqa: PLC0415 (after the handlers)
 
-    TargetOmnisend.cli()
+    try:
+        TargetOmnisend.cli()
+    except (OSError, ValueError) as exc:
+        # The SDK reads --config files while parsing arguments, before the target's own
+        # one-line errors can apply: a missing, unreadable or non-JSON file ends here.
+        files = ", ".join(_config_files(sys.argv[1:])) or "(none named)"
+        message = f"Invalid configuration: cannot read --config {files}: {exc}"
+        _error_line(one_line_error(message, secrets_in_use(sys.argv, os.environ)))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

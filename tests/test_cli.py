@@ -291,3 +291,22 @@ def test_about_lists_every_setting_without_secrets() -> None:
         assert settings[name].get("description"), name
     assert settings["api_key"].get("secret") is True
     assert "validate-records" in about["capabilities"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "was not found"), ("{bad", "Expecting"), ('{"api_key": "k3y-in-a-broken', "line 1")],
+)
+def test_a_config_file_that_is_missing_or_not_json_is_one_line(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "settings.json"
+    if content is not None:
+        path.write_text(content)
+    run = run_target(
+        None, segment_messages(sample_records()[:1]), workdir=tmp_path, args=["--config", str(path)]
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "k3y" not in run.stderr
+    lines = [line for line in run.stderr.splitlines() if "Invalid configuration" in line]
+    assert len(lines) == 1 and message in lines[0] and str(path) in run.stderr
