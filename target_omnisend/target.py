@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+from decimal import Decimal
 from types import FrameType
 from typing import Any
 
@@ -36,8 +37,12 @@ class TargetOmnisend(Target):
     #: Input errors name the line number, never the line (it may hold a profile).
     message_reader_class = SingerInput
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, config: Any = None, **kwargs: Any) -> None:
+        if isinstance(config, dict):
+            # The SDK reads --config files' numbers as exact Decimals and then checks them
+            # against the schema's float bounds: Decimal('0.1') is below the float 0.1.
+            config = {key: _json_number(value) for key, value in config.items()}
+        super().__init__(*args, config=config, **kwargs)
         warn_unknown_settings(self.config, self.config_jsonschema, self.logger)
         settings = load_settings(self.config)
         if settings.segment_tag and not settings.generation.has_tags_endpoint:
@@ -129,6 +134,13 @@ class TargetOmnisend(Target):
     def _exit(cls, message: str, code: int = 1) -> None:
         cls.logger.error("%s", one_line_error(message, secrets_in_use(sys.argv, os.environ)))
         sys.exit(code)
+
+
+def _json_number(value: Any) -> Any:
+    """A setting's Decimal as the int or float a JSON reader would have given."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
 
 
 if __name__ == "__main__":

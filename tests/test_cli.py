@@ -310,3 +310,14 @@ def test_a_config_file_that_is_missing_or_not_json_is_one_line(
     assert "Traceback" not in run.stderr and "k3y" not in run.stderr
     lines = [line for line in run.stderr.splitlines() if "Invalid configuration" in line]
     assert len(lines) == 1 and message in lines[0] and str(path) in run.stderr
+
+
+def test_a_setting_at_its_fractional_minimum_is_accepted(
+    server: OmnisendServer, config: dict, tmp_path: Path
+) -> None:
+    """A config file's 0.1 is read as the exact decimal 0.1, which the SDK used to find
+    below the schema's float minimum 0.1."""
+    config.update(state_interval=0.1, batch_poll_interval=0.01)
+    run = run_target(config, segment_messages(sample_records()[:3]), workdir=tmp_path)
+    assert "Invalid configuration" not in run.stderr, run.stderr[-2000:]
+    assert run.returncode == 0, run.stderr[-2000:]
