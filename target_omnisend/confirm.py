@@ -175,13 +175,20 @@ class BatchWatcher:
 
     def _walk(self, watched: dict[str, _Watch], expected: set[str], day: str) -> _Walk:
         """Page through the list from the learned start until every expected batch is
-        seen, the list has been covered once, or the page budget is spent."""
+        seen, the list has been covered once, or the page budget is spent. In a list in
+        no createdAt order ours can be anywhere among the foreign batches: there a page
+        more is read while more of ours are missing than pages beyond the budget were
+        read, as it costs no more than the lookups it saves, and usually far less."""
         if day != self._start_day:
             self._start, self._start_day = None, day
         start = self._start
         walk = _Walk()
         key, wrapped, pages = start, start is None, 0
-        while pages < self.max_pages:
+        while pages < self.max_pages or (
+            not walk.ascending
+            and not walk.descending
+            and pages - self.max_pages < len(expected - walk.found.keys())
+        ):
             page = self.client.list_batches(key, day)
             pages += 1
             self.stats.list_requests += 1

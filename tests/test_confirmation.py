@@ -282,3 +282,25 @@ def test_slow_batches_are_polled_less_and_less_often(tmp_path: Path) -> None:
     assert len(held) == 1000
     assert writes == 10
     assert reads <= 3 * writes, reads
+
+
+def test_an_unordered_crowded_list_is_paged_rather_than_looked_up_batch_by_batch(
+    tmp_path: Path,
+) -> None:
+    """A list in no createdAt order, with 1,500 other integrations' batches: ours are
+    anywhere in it. Reading the list further costs less than looking ours up one by
+    one (the old page budget left ~60 % of the writes' count in confirmation reads)."""
+    with OmnisendServer(
+        api_keys=(API_KEY,), batch_delay=0.05, batch_list_order="unordered", foreign_batches=1500
+    ) as server:
+        records = _records(20_000)
+        run = run_target(
+            _config(server, tmp_path), segment_messages(records, key=None), workdir=tmp_path
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        writes = server.count(method="POST", path_prefix="/batches")
+        lookups = _lookups(server)
+        reads = server.count(method="GET", path_prefix="/batches") - lookups
+        held = _held(server)
+    assert len(held) == 20_000 and writes == 200
+    assert reads + lookups <= 0.25 * writes, (reads, lookups)
