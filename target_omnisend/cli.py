@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import os
 import signal
 import sys
@@ -41,15 +42,42 @@ def _config_files(args: list[str]) -> list[str]:
     return [name for name in named if name != "ENV"]
 
 
+def _config_file_problem(name: str) -> str | None:
+    """Why a --config file cannot be a configuration, if it cannot: checked here because
+    the SDK reads these files while parsing arguments, where any error is a traceback."""
+    if not name:
+        return "an empty path (an unset variable?)"
+    try:
+        with open(name, encoding="utf-8") as fh:
+            loaded = json.load(fh)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    except RecursionError:
+        return "not JSON (nested too deeply)"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        where = f" (line {exc.lineno} column {exc.colno})" if hasattr(exc, "lineno") else ""
+        return f"not JSON{where}"
+    if not isinstance(loaded, dict):
+        return f"not a JSON object (a {type(loaded).__name__})"
+    return None
+
+
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _cancelled_at_start)
+    for name in _config_files(sys.argv[1:]):
+        problem = _config_file_problem(name)
+        if problem is not None:
+            _error_line(f"Invalid configuration: --config {name!r}: {problem}")
+            sys.exit(2)
     from target_omnisend.privacy import one_line_error, secrets_in_use  # noqa: PLC0415
     from target_omnisend.target import TargetOmnisend  # noqa: PLC0415 (after the handlers)
 
     try:
         TargetOmnisend.cli()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
         # The SDK reads --config files while parsing arguments, before the target's own
         # one-line errors can apply: a missing, unreadable or non-JSON file ends here.
         files = ", ".join(_config_files(sys.argv[1:])) or "(none named)"

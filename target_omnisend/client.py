@@ -175,10 +175,10 @@ class OmnisendClient:
         last_problem = "no attempt made"
         while True:
             stamp = limiter.acquire(priority=priority)
-            if self._cancelled.is_set():
-                raise Cancelled()
             response: requests.Response | None = None
             try:
+                if self._cancelled.is_set():
+                    raise Cancelled()
                 # Never follow a redirect: it would carry the key (v5's X-API-KEY header
                 # survives a change of host) and, on 307/308, the profiles elsewhere.
                 response = self._session.request(
@@ -273,7 +273,9 @@ class OmnisendClient:
         if asked is None:
             asked = limiter.reset_hint(response.headers)
         if asked is None:
-            return min(self.backoff_cap, self.backoff_base * 2 ** min(waits, 10))
+            # Our own guess, never longer than the user allows a pause to be.
+            backoff = self.backoff_base * 2 ** min(waits, 10)
+            return min(self.backoff_cap, self.limits.max_wait, backoff)
         if asked > self.limits.max_wait:
             raise DeliveryError(
                 f"Omnisend asked to wait {asked:.0f} s before the next request (rate limit), "

@@ -130,6 +130,11 @@ class BatchWatcher:
             typical = self._typical_age
             self._typical_age = age if not typical else 0.9 * typical + 0.1 * age
 
+    @property
+    def typical_age(self) -> float:
+        """How long our batches usually take from post to final (0 until one has)."""
+        return self._typical_age
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._watched)

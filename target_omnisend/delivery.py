@@ -31,6 +31,9 @@ from target_omnisend.confirm import BatchWatcher
 from target_omnisend.errors import Cancelled, DeliveryError
 from target_omnisend.tagging import TAG_CHUNK, TagQueue
 
+#: Single-contact tag calls refused, with none accepted, before the tag itself is blamed.
+MAX_TAG_REFUSALS = 8
+
 
 @dataclass
 class _Ticket:
@@ -126,6 +129,7 @@ class DeliveryEngine:
         self._open_items = 0
         self._unsent = 0  # jobs handed to the senders, not yet posted (or refused)
         self._fruitless_polls = 0  # polls in a row that confirmed nothing
+        self._tag_refusals = 0  # single-contact tag calls Omnisend refused
         self._waiters = 0
         self._writing: Counter[str] = Counter()  # emails in a batch not yet confirmed
         self._unfinal: Counter[str] = Counter()  # emails without a final outcome yet
@@ -265,25 +269,32 @@ class DeliveryEngine:
 
     def _poll_due(self, last_poll: float) -> bool:
         """Polls are paid from the writes' budget, so each should confirm as many batches
-        as it can: one when the unconfirmed batches near the slot limit, one for a waiting
-        barrier once everything is posted, and at least one every `max_poll_interval`
-        while any batch is unconfirmed. A rate-limited run sends in bursts; between them
-        nothing is due. Polls that confirm nothing (Omnisend is slow with the batches)
-        come less and less often, up to `max_poll_interval` apart."""
-        elapsed = time.monotonic() - last_poll
+        as it can: one when the unconfirmed batches near the slot limit; one for a
+        waiting barrier once everything is posted and the oldest batch has had the time
+        batches usually take (not spent before anything can be final); and at least one
+        every `max_poll_interval` while any batch is unconfirmed. A rate-limited run
+        sends in bursts; between them nothing is due. Polls that confirm nothing (Omnisend
+        is slow with the batches) come less and less often, up to `max_poll_interval`."""
+        if not self._jobs:
+            return False
+        now = time.monotonic()
         longest = max(self.max_poll_interval, self.poll_interval)
         gap = min(self.poll_interval * 2 ** min(self._fruitless_polls, 16), longest)
-        if elapsed < gap:
+        if now - last_poll < gap:
             return False
-        if elapsed >= longest or len(self._jobs) >= self.poll_at:
+        oldest = now - next(iter(self._jobs.values())).submitted_at
+        if oldest >= longest or len(self._jobs) >= self.poll_at:
             return True
-        return bool(self._waiters and not self._unsent)
+        # (Ages are measured at confirmation, so they include our own polling delays:
+        # never wait longer than one poll interval for them.)
+        usual = min(self.watcher.typical_age or self.poll_interval, self.poll_interval)
+        return bool(self._waiters and not self._unsent and oldest >= usual)
 
     def _poll_loop(self) -> None:
         last_poll = 0.0
         while True:
             with self._cond:
-                while not self._stopping() and not (self._jobs and self._poll_due(last_poll)):
+                while not self._stopping() and not self._poll_due(last_poll):
                     self._cond.wait(timeout=min(self.poll_interval, 0.25))
                 if self._stopping() and (not self._jobs or self._error or self._cancelled):
                     return
@@ -408,10 +419,34 @@ class DeliveryEngine:
             self._tags.add(tags, tagged)
 
     def _tag(self, tags: tuple[str, ...], items: list[Item]) -> None:
-        self.client.add_tags(list(tags), [item.email for item in items])
+        try:
+            self.client.add_tags(list(tags), [item.email for item in items])
+        except RequestRefused as exc:
+            self._tag_refused(tags, items, exc)
+            return
         with self._cond:
             self.stats.tag_calls += 1
         self._final(items, None)
+
+    def _tag_refused(self, tags: tuple[str, ...], items: list[Item], exc: RequestRefused) -> None:
+        """As with a refused batch, a refused tag call must not take the others down:
+        split until the refusal names one contact, rejected with the reason (it is
+        written, untagged, and not checkpointed: the next run tags it again). A tag that
+        Omnisend refuses for everyone ends the run instead of costing a call a contact."""
+        if len(items) > 1:
+            middle = len(items) // 2
+            for part in (items[:middle], items[middle:]):
+                self._tag(tags, part)
+            return
+        with self._cond:
+            self._tag_refusals += 1
+            hopeless = self._tag_refusals >= MAX_TAG_REFUSALS and not self.stats.tag_calls
+        if hopeless:
+            raise DeliveryError(
+                f"Omnisend refused every call tagging contacts with {', '.join(tags)} "
+                f"({exc.reason}); check segment_tag and tags"
+            )
+        self._final(items, ("refused_by_omnisend", f"tag call refused: {exc.reason}"))
 
     # -- bookkeeping ------------------------------------------------------------------
 

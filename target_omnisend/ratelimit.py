@@ -15,6 +15,7 @@ is logged once, so a run never stalls silently.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
 import threading
@@ -79,9 +80,12 @@ class WindowLimiter:
         self._clock = clock
         self._wall_clock = wall_clock
         self._cond = threading.Condition()
-        #: When each request inside the window was counted, oldest first: its send time
-        #: while it is on its way, then the time its answer came (see `answered`).
+        #: When each answered request inside the window was counted (the time its answer
+        #: came, see `answered`), oldest first.
         self._sent: list[float] = []
+        #: Requests on their way (by send time): they hold their budget, however long
+        #: they take, until their answer starts their window.
+        self._on_way: list[float] = []
         self._paused_until = 0.0
         self._announced_until = 0.0
         self._noted_bad_reset = False
@@ -108,7 +112,7 @@ class WindowLimiter:
                     self._expire(now)
                     ready_at = self._ready_at(now)
                     if ready_at <= now and (priority or not self._priority_waiting):
-                        self._sent.append(now)
+                        self._on_way.append(now)
                         if started is not None:
                             waited = now - started
                             self.waited_seconds += waited
@@ -140,7 +144,7 @@ class WindowLimiter:
             seconds = self._reset_seconds(reset) if reset is not None else None
             if reset is not None and seconds is None:
                 return  # a Reset that makes no sense discredits the whole hint: a 429 will say
-            ours = self.limit - len(self._sent)
+            ours = self.limit - len(self._sent) - len(self._on_way)
             theirs = max(int(remaining), 0)
             # Requests we cannot see used the budget: count them as ours, freed when the
             # server says its window resets (else a whole window from now).
@@ -177,10 +181,10 @@ class WindowLimiter:
         the slowest request, added to every one, lost a second per window)."""
         with self._cond:
             now = self._clock()
-            at = bisect.bisect_left(self._sent, stamp)
-            if at < len(self._sent) and self._sent[at] == stamp:
-                del self._sent[at]
+            with contextlib.suppress(ValueError):  # answered twice: counted once
+                self._on_way.remove(stamp)
             bisect.insort(self._sent, now)
+            self._cond.notify_all()
 
     def pause(self, seconds: float) -> None:
         """The server said 429 and named a time (the caller bounds it by `max_wait`):
@@ -212,7 +216,9 @@ class WindowLimiter:
 
     def _ready_at(self, now: float) -> float:
         ready = max(now, self._paused_until)
-        excess = len(self._sent) - self.limit
+        excess = len(self._sent) + len(self._on_way) - self.limit
+        if excess >= len(self._sent):
+            return math.inf  # only an answer frees budget now (`answered` wakes us)
         if excess >= 0:
             ready = max(ready, self._sent[excess] + self.window_seconds)
         return ready
@@ -221,8 +227,13 @@ class WindowLimiter:
         self._paused_until = max(self._paused_until, now + seconds)
 
     def _announce(self, now: float, ready_at: float) -> None:
-        """One line per long wait, however many threads share it."""
-        if ready_at - now > NOTICEABLE_WAIT and ready_at > self._announced_until + 1.0:
+        """One line per long wait, however many threads share it (waiting for answers to
+        requests on their way is bounded by the request timeout, not announced)."""
+        if (
+            math.isfinite(ready_at)
+            and ready_at - now > NOTICEABLE_WAIT
+            and ready_at > self._announced_until + 1.0
+        ):
             self._announced_until = ready_at
             self.logger.info(
                 "waiting %.0f s for Omnisend's rate-limit window (%s requests)",

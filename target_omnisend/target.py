@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from decimal import Decimal
@@ -138,9 +139,12 @@ class TargetOmnisend(Target):
 
 def _json_number(value: Any) -> Any:
     """A setting's Decimal as the int or float a JSON reader would have given."""
-    if isinstance(value, Decimal) and value.is_finite():
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
+    if not isinstance(value, Decimal):
+        return value
+    as_float = float(value)  # 1e10000000 is inf, as a JSON reader gives it: out of range
+    if math.isfinite(as_float) and abs(as_float) < 2**53 and value == value.to_integral_value():
+        return int(value)
+    return as_float
 
 
 if __name__ == "__main__":

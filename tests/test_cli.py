@@ -295,7 +295,7 @@ def test_about_lists_every_setting_without_secrets() -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "was not found"), ("{bad", "Expecting"), ('{"api_key": "k3y-in-a-broken', "line 1")],
+    [(None, "no such file"), ("{bad", "not JSON"), ('{"api_key": "k3y-in-a-broken', "line 1")],
 )
 def test_a_config_file_that_is_missing_or_not_json_is_one_line(
     tmp_path: Path, content: str | None, message: str

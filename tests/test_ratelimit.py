@@ -22,11 +22,16 @@ class FakeClock:
         return self.now
 
 
+def _send(limiter: WindowLimiter) -> None:
+    """One request that is answered at once."""
+    limiter.answered(limiter.acquire())
+
+
 def test_budget_is_spent_then_refilled_as_the_window_slides() -> None:
     clock = FakeClock()
     limiter = WindowLimiter(3, clock=clock)
     for _ in range(3):
-        limiter.acquire()
+        _send(limiter)
     blocked = threading.Event()
     done = threading.Event()
 
@@ -93,7 +98,7 @@ def test_sliding_window_never_allows_more_than_the_limit_in_any_window() -> None
     limiter = WindowLimiter(3, clock=clock)
     clock.now += 59
     for _ in range(3):
-        limiter.acquire()
+        _send(limiter)
     clock.now += 2  # a fixed window would have reset here
     done = _acquire_in_background(limiter)
     assert not done.wait(0.2)
