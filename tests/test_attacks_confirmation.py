@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,8 @@ from target_omnisend.ratelimit import WindowLimiter
 from tests.conftest import API_KEY
 from tests.harness import read_jsonl, run_target, sample_records, segment_messages, stored_email
 from tests.omnisend_server import FaultRule, OmnisendServer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _acquire_in_background(limiter: WindowLimiter) -> threading.Event:
-    done = threading.Event()
-    threading.Thread(target=lambda: (limiter.acquire(), done.set()), daemon=True).start()
-    return done
-
+from tests.test_confirmation import _config
+from tests.test_ratelimit import FakeClock, _acquire_in_background
 
 # -- promise 2: a request counts from its answer; the server never sees more than the limit
 
@@ -104,14 +90,8 @@ def test_a_429_without_a_hint_never_pauses_longer_than_max_wait(tmp_path: Path) 
                 body={"title": "Too Many Requests", "status": 429},
             )
         )
-        config = {
-            "api_key": API_KEY,
-            "api_url": server.url,
-            "rejected_records_path": str(tmp_path / "rejected.jsonl"),
-            "fingerprint_store_path": str(tmp_path / "fingerprints.sqlite"),
-            "batch_poll_interval": 0.05,
-            "max_wait": 5,
-        }
+        config = _config(server, tmp_path, max_wait=5)
+        del config["requests_per_minute"]  # Omnisend's own pace: the 429s decide
         records = [{"email": f"c{i:05d}@example.com"} for i in range(10)]
         run = run_target(config, segment_messages(records, key=None), workdir=tmp_path)
     waits = [int(s) for s in re.findall(r"waiting (\d+) s for Omnisend's rate-limit", run.stderr)]
@@ -159,16 +139,7 @@ def test_one_refused_tag_call_rejects_its_contacts_instead_of_failing_the_run(
         server.add_fault(
             FaultRule(method="POST", path="/contacts/tags", kind="status", status=400, times=1)
         )
-        config = {
-            "api_key": API_KEY,
-            "api_url": server.url,
-            "rejected_records_path": str(tmp_path / "rejected.jsonl"),
-            "fingerprint_store_path": str(tmp_path / "fingerprints.sqlite"),
-            "batch_poll_interval": 0.05,
-            "requests_per_minute": 100_000,
-            "tags_requests_per_minute": 100_000,
-            "segment_tag": "segment:vip_buyers",
-        }
+        config = _config(server, tmp_path, segment_tag="segment:vip_buyers")
         records = [{"email": f"c{i:05d}@example.com"} for i in range(300)]
         run = run_target(config, segment_messages(records, key=None), workdir=tmp_path)
         tagged = {
@@ -185,16 +156,7 @@ def test_a_tag_omnisend_refuses_for_everyone_ends_the_run_in_one_line(tmp_path: 
     call per contact), and no STATE covers the untagged contacts."""
     with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.02) as server:
         server.add_fault(FaultRule(method="POST", path="/contacts/tags", kind="status", status=400))
-        config = {
-            "api_key": API_KEY,
-            "api_url": server.url,
-            "rejected_records_path": str(tmp_path / "rejected.jsonl"),
-            "fingerprint_store_path": str(tmp_path / "fingerprints.sqlite"),
-            "batch_poll_interval": 0.05,
-            "requests_per_minute": 100_000,
-            "tags_requests_per_minute": 100_000,
-            "segment_tag": "segment:vip_buyers",
-        }
+        config = _config(server, tmp_path, segment_tag="segment:vip_buyers")
         records = [{"email": f"c{i:05d}@example.com"} for i in range(300)]
         run = run_target(config, segment_messages(records, key="email"), workdir=tmp_path)
         tag_calls = server.count(method="POST", path_prefix="/contacts/tags")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -245,44 +246,52 @@ def test_a_long_rate_limit_wait_is_logged_and_then_delivered(tmp_path: Path) -> 
     assert re.search(r"waiting [5-8] s for Omnisend's rate-limit window", run.stderr), run.stderr
 
 
+@dataclass
+class _Cost:
+    """What a run cost in confirmation, as the server saw it."""
+
+    held: int
+    writes: int
+    reads: int  # GET /batches (the list)
+    lookups: int  # GET /batches/{id}
+
+
+def _confirmation_cost(tmp_path: Path, count: int, knobs: dict[str, Any], **config: Any) -> _Cost:
+    """Deliver `count` contacts to a server with these knobs; what confirming cost."""
+    with OmnisendServer(api_keys=(API_KEY,), **knobs) as server:
+        run = run_target(
+            _config(server, tmp_path, **config),
+            segment_messages(_records(count), key=None),
+            workdir=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        lookups = _lookups(server)
+        return _Cost(
+            held=len(_held(server)),
+            writes=server.count(method="POST", path_prefix="/batches"),
+            reads=server.count(method="GET", path_prefix="/batches") - lookups,
+            lookups=lookups,
+        )
+
+
 def test_one_batch_list_read_confirms_dozens_of_batches(tmp_path: Path) -> None:
     """Confirmation reads come out of the same budget as writes. A poll waits until the
     unconfirmed batches near the slot limit (96 by default), so one list read confirms
     most of them: well under 3 % of the writes, not one read per few dozen sends."""
-    with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.02) as server:
-        records = _records(30_000)
-        run = run_target(
-            _config(server, tmp_path, segment_tag=""),
-            segment_messages(records, key=None),
-            workdir=tmp_path,
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        writes = server.count(method="POST", path_prefix="/batches")
-        reads = server.count(method="GET", path_prefix="/batches") - _lookups(server)
-        held = _held(server)
-    assert len(held) == 30_000
-    assert writes == 300
-    assert 1 <= reads <= 0.03 * writes, reads
+    cost = _confirmation_cost(tmp_path, 30_000, {"batch_delay": 0.02}, segment_tag="")
+    assert cost.held == 30_000 and cost.writes == 300
+    assert 1 <= cost.reads <= 0.03 * cost.writes, cost
 
 
 def test_slow_batches_are_polled_less_and_less_often(tmp_path: Path) -> None:
     """Omnisend takes its time with each batch while every slot is taken: polls that
     confirm nothing back off (up to `max_poll_interval`) instead of spending the shared
     budget twenty times a second."""
-    with OmnisendServer(api_keys=(API_KEY,), batch_delay=1.0) as server:
-        records = _records(1000)
-        run = run_target(
-            _config(server, tmp_path, segment_tag="", max_pending_batches=2),
-            segment_messages(records, key=None),
-            workdir=tmp_path,
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        writes = server.count(method="POST", path_prefix="/batches")
-        reads = server.count(method="GET", path_prefix="/batches") - _lookups(server)
-        held = _held(server)
-    assert len(held) == 1000
-    assert writes == 10
-    assert reads <= 3 * writes, reads
+    cost = _confirmation_cost(
+        tmp_path, 1000, {"batch_delay": 1.0}, segment_tag="", max_pending_batches=2
+    )
+    assert cost.held == 1000 and cost.writes == 10
+    assert cost.reads <= 3 * cost.writes, cost
 
 
 def test_an_unordered_crowded_list_is_paged_rather_than_looked_up_batch_by_batch(
@@ -291,17 +300,7 @@ def test_an_unordered_crowded_list_is_paged_rather_than_looked_up_batch_by_batch
     """A list in no createdAt order, with 1,500 other integrations' batches: ours are
     anywhere in it. Reading the list further costs less than looking ours up one by
     one (the old page budget left ~60 % of the writes' count in confirmation reads)."""
-    with OmnisendServer(
-        api_keys=(API_KEY,), batch_delay=0.05, batch_list_order="unordered", foreign_batches=1500
-    ) as server:
-        records = _records(20_000)
-        run = run_target(
-            _config(server, tmp_path), segment_messages(records, key=None), workdir=tmp_path
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        writes = server.count(method="POST", path_prefix="/batches")
-        lookups = _lookups(server)
-        reads = server.count(method="GET", path_prefix="/batches") - lookups
-        held = _held(server)
-    assert len(held) == 20_000 and writes == 200
-    assert reads + lookups <= 0.25 * writes, (reads, lookups)
+    knobs = {"batch_delay": 0.05, "batch_list_order": "unordered", "foreign_batches": 1500}
+    cost = _confirmation_cost(tmp_path, 20_000, knobs)
+    assert cost.held == 20_000 and cost.writes == 200
+    assert cost.reads + cost.lookups <= 0.25 * cost.writes, cost
