@@ -96,10 +96,9 @@ class WindowLimiter:
 
     def acquire(self, *, priority: bool = False) -> float:
         """Block until the window has budget left, then spend one request; returns its
-        stamp for `answered()`. A `priority`
-        request (a confirmation read) goes before every waiting ordinary one: writes
-        would otherwise take each freed slot while their own confirmations wait,
-        holding batch slots, for the next window."""
+        stamp for `answered()`. A `priority` request (a confirmation read) goes before
+        every waiting ordinary one: writes would otherwise take each freed slot while
+        their own confirmations wait, holding batch slots, for the next window."""
         started: float | None = None
         with self._cond:
             if priority:
