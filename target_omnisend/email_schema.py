@@ -17,6 +17,8 @@ from typing import Any
 _EMAIL_LIKE = re.compile(r"e[-_.]?mail", re.I)
 #: At most this many candidates are named.
 MAX_CANDIDATES = 8
+#: A named field is cut to this many characters.
+MAX_NAME = 64
 
 
 def _properties(schema: Any) -> Mapping[str, Any] | None:
@@ -46,8 +48,14 @@ def missing_email_field(schema: Any, email_field: str) -> bool:
 
 
 def email_like_fields(names: Iterable[str]) -> list[str]:
-    """The names that look like they hold an email, at most `MAX_CANDIDATES`."""
-    return [name for name in names if _EMAIL_LIKE.search(name)][:MAX_CANDIDATES]
+    """The names that look like they hold an email, at most `MAX_CANDIDATES`, each cut
+    to `MAX_NAME` characters (a name is the source's, of any length)."""
+    found = [name for name in names if isinstance(name, str) and _EMAIL_LIKE.search(name)]
+    return [_short(name) for name in found[:MAX_CANDIDATES]]
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
 
 
 def schema_field_names(schema: Any, prefix: str = "", depth: int = 3) -> Iterator[str]:
@@ -71,7 +79,7 @@ def candidates_text(names: list[str]) -> str:
 def missing_field_message(stream: str, schema: Any, email_field: str) -> str:
     names = email_like_fields(schema_field_names(schema))
     return (
-        f"stream '{stream}' has no field '{email_field}' (email_field) in its schema; "
+        f"stream '{_short(stream)}' has no field '{email_field}' (email_field) in its schema; "
         f"{candidates_text(names)}. Set email_field to the field that holds the email. "
         "Nothing was sent for this stream"
     )

@@ -324,3 +324,51 @@ def test_the_sample_config_file_is_a_valid_configuration(
     assert "Unknown setting" not in run.stderr
     [contact] = server.contacts()
     assert contact["customProperties"] == {"loyalty_tier": "gold"}
+
+
+# -- attacks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "field", "missing"),
+    [
+        ({"type": "object", "properties": {"email": {}}}, "email", False),
+        ({"type": "object", "properties": {"mail": {}}}, "email", True),
+        # an open schema cannot rule a field out: the records decide
+        ({"type": "object"}, "email", False),
+        ({"type": "object", "properties": {}}, "email", False),
+        ({"properties": {"x": {}}, "additionalProperties": True}, "email", False),
+        ({"properties": {"contact": {"type": "object"}}}, "contact.email", False),
+        ({"properties": {"contact": {"properties": {"mail": {}}}}}, "contact.email", True),
+        ({"properties": {"contact": {"properties": {"email": {}}}}}, "contact.email", False),
+    ],
+)
+def test_only_a_schema_that_rules_the_email_field_out_stops_the_run(
+    schema: dict[str, Any], field: str, missing: bool
+) -> None:
+    from target_omnisend.email_schema import missing_email_field
+
+    assert missing_email_field(schema, field) is missing
+
+
+def test_hostile_field_names_make_one_bounded_line(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    long_name = "e_mail_" + "x" * 5000
+    properties = {long_name: {}, "work\nemail\r\x00": {}, **{f"email{i}": {} for i in range(50)}}
+    messages = [
+        {
+            "type": "SCHEMA",
+            "stream": "s",
+            "schema": {"properties": properties},
+            "key_properties": [],
+        },
+        {"type": "RECORD", "stream": "s", "record": {"email0": "jane@example.com"}},
+    ]
+    run = run_target(config, messages, workdir=tmp_path)
+    assert run.returncode == 2, run.stderr[-2000:]
+    [error] = log_lines(run.stderr, "ERROR")
+    assert len(error) < 1200
+    assert "x" * 100 not in error
+    assert len([line for line in run.stderr.splitlines() if line.strip()]) <= 3
+    assert writes(server) == 0
