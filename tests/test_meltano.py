@@ -99,11 +99,15 @@ def readme_meltano_blocks() -> list[str]:
     return [body for before, body in readme_code_blocks() if before.startswith(MARKER)]
 
 
+#: Meltano commands run elsewhere: the Postgres example needs a PostgreSQL server.
+OTHER_RUNNERS = ("<!-- postgres-example:",)
+
+
 def test_every_readme_code_block_with_a_meltano_command_is_run_by_the_newcomer_test() -> None:
     unmarked = [
         body
         for before, body in readme_code_blocks()
-        if re.search(r"^meltano ", body, re.M) and not before.startswith(MARKER)
+        if re.search(r"^meltano ", body, re.M) and not before.startswith((MARKER, *OTHER_RUNNERS))
     ]
     assert unmarked == [], (
         f"README code blocks with meltano commands but no {MARKER} … --> line before them, "
