@@ -195,10 +195,10 @@ class RunPipeline:
         """Once, when the first `EMAIL_FIELD_HINT_AFTER` records of a stream all lack
         the email: the schema has the field, but the source leaves it empty (or
         `email_field` names the wrong one). Field names only, never values."""
-        counts = self.outcomes.totals().get(name, {})
-        if counts.get("received") != EMAIL_FIELD_HINT_AFTER:
+        counts = self.outcomes.streams.get(name)  # read on the one reading thread: no copy
+        if counts is None or counts.received != EMAIL_FIELD_HINT_AFTER:
             return
-        if counts["rejected_by_reason"].get("missing_email") != EMAIL_FIELD_HINT_AFTER:
+        if counts.rejected_by_reason["missing_email"] != EMAIL_FIELD_HINT_AFTER:
             return
         names = email_like_fields(record) if isinstance(record, dict) else []
         self.logger.warning(
