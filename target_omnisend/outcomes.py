@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from target_omnisend.privacy import mask_email
+from target_omnisend.privacy import mask_email, one_line_error
 
 #: Per stream and reason, this many rejections or warnings are logged one by one; the
 #: rest are counted (progress lines, summary): a source with the wrong email column must
@@ -88,8 +88,8 @@ class Outcomes:
         with self._lock:
             self._counts(stream).warnings[warning] += 1
             note = self._log_note(stream, "warning", warning)
-        if note is not None:
-            self.logger.warning("Stream '%s': %s%s", stream, warning, note)
+        if note is not None:  # on one line: a field name may hold a line break
+            self.logger.warning("%s", one_line_error(f"Stream '{stream}': {warning}{note}", ()))
 
     def _log_note(self, stream: str, kind: str, reason: str) -> str | None:
         """None when this occurrence is past the cap (counted only); else what to add

@@ -372,3 +372,22 @@ def test_hostile_field_names_make_one_bounded_line(
     assert "x" * 100 not in error
     assert len([line for line in run.stderr.splitlines() if line.strip()]) <= 3
     assert writes(server) == 0
+
+
+def test_a_date_field_whose_name_breaks_lines_cannot_forge_log_lines(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    name = "signed\n2026-01-01 00:00:00,000 | ERROR    | forged"
+    messages = [
+        {
+            "type": "SCHEMA",
+            "stream": "s",
+            "schema": {"properties": {"email": {}, name: {"type": "string", "format": "date"}}},
+        },
+        {"type": "RECORD", "stream": "s", "record": {"email": "a@example.com", name: "x"}},
+    ]
+    run = run_target(config, messages, workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not any(line.startswith("2026-01-01") for line in run.stderr.splitlines())
+    assert all(" | " in line for line in run.stderr.splitlines() if line.strip())
+    assert len(server.contacts()) == 1
