@@ -10,6 +10,7 @@ in one line naming the setting (exit 2), before any input is read.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from target_omnisend.errors import ConfigError
@@ -40,10 +41,21 @@ def prepare_output_path(name: str, path: str) -> None:
         raise ConfigError(f"{name} {path!r}: cannot create its folder ({why})") from None
     if target.is_dir():
         raise ConfigError(f"{name} {path!r} is a folder; give a file path")
+    if _is_stdout(target):
+        raise ConfigError(f"{name} {path!r} is the target's output, where STATE goes")
     if target.exists() and not os.access(target, os.W_OK):
         raise ConfigError(f"{name} {path!r}: the file is not writable")
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{name} {path!r}: its folder is not writable")
+
+
+def _is_stdout(target: Path) -> bool:
+    """`/dev/stdout` and the like: lines written there would be read as Singer STATE."""
+    try:
+        here, out = target.stat(), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return (here.st_dev, here.st_ino) == (out.st_dev, out.st_ino)
 
 
 def prepare_output_paths(settings: Settings) -> None:

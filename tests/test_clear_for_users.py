@@ -220,6 +220,8 @@ def test_a_summary_path_in_a_missing_folder_is_created_at_start(
         ("rejected_records_path", "a_file/rejected.jsonl", "a part of its folder path is a file"),
         ("rejected_records_path", "a_folder", "is a folder; give a file path"),
         ("dry_run_path", "a_file/deeper/dry.jsonl", "a part of its folder path is a file"),
+        ("rejected_records_path", "/dev/stdout", "is the target's output, where STATE goes"),
+        ("summary_path", "/proc/self/fd/1", "is the target's output, where STATE goes"),
     ],
 )
 def test_an_output_path_that_cannot_be_written_is_refused_at_start_in_one_line(
