@@ -169,6 +169,28 @@ def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
     assert first_run.count("Rejected a record") == 6, first_run[-3000:]
     assert first_run.count("not logged") == 5  # 2 rejection reasons, 3 warning kinds
 
+    # README troubleshooting: a start-up failure under Meltano (here a wrong key) ends in
+    # the tap's BrokenPipeError; the cause is the target's one line above it.
+    wrong_key = subprocess.run(
+        [str(MELTANO), "run", "--full-refresh", "tap-jsonl", "target-omnisend"],
+        cwd=project,
+        env={
+            **os.environ,
+            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "TARGET_OMNISEND_API_URL": server.url,
+            "TARGET_OMNISEND_API_KEY": "wrong-key-0000",
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    log = wrong_key.stdout + wrong_key.stderr
+    assert wrong_key.returncode != 0
+    cause = log.index("Omnisend refused the API key")
+    if "BrokenPipeError" in log:
+        assert cause < log.index("BrokenPipeError"), log[-4000:]
+
     # The project reinstalls from a fresh shell: no constraint files, no exports.
     fresh = {k: v for k, v in os.environ.items() if not k.endswith("_CONSTRAINT")}
     reinstall = subprocess.run(
