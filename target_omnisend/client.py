@@ -335,12 +335,25 @@ class OmnisendClient:
         else:
             payload = self.call("GET", "/batches", params={**params, **(page or {})}, priority=True)
         payload = payload if isinstance(payload, dict) else {}
-        found = (parse_batch(raw) for raw in payload.get("batches") or [])
-        paging = payload.get("paging") if isinstance(payload.get("paging"), dict) else {}
-        offset = paging.get("offset") if isinstance(paging, dict) else None
+        raw_batches = payload.get("batches")
+        raw_batches = raw_batches if isinstance(raw_batches, list) else []
+        found = (parse_batch(raw) for raw in raw_batches)
+        paging = payload.get("paging")
+        if isinstance(paging, dict):
+            offset = paging.get("offset")
+            following = self.generation.next_page(payload)
+        elif isinstance(page, str):  # a next-page URL answered without paging: stop here
+            offset, following = None, None
+        else:
+            # The documented paging object is missing (a proxy or gateway may drop it):
+            # the list is still offset-paged, so the next page is where this one ended.
+            offset = _int(page.get("offset") if page else None, 0)
+            following = (
+                {"offset": str(offset + len(raw_batches))} if len(raw_batches) >= limit else None
+            )
         return BatchPage(
             batches=[batch for batch in found if batch is not None],
-            following=self.generation.next_page(payload),
+            following=following,
             offset=offset if isinstance(offset, int) else None,
         )
 
@@ -479,3 +492,11 @@ def _json_or_none(response: requests.Response) -> Any:
         return response.json()
     except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
         return None
+
+
+def _int(text: Any, default: int) -> int:
+    """A query parameter we sent ourselves, as a number."""
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default

@@ -32,6 +32,9 @@ PAGE = 250
 #: Concurrent posts are answered in any order: a batch we learn of late may be listed a
 #: little before the first one we knew of, so a walk starts this many entries earlier.
 ANCHOR_SLACK = 16
+#: The gallop stops here whatever the list answers: a server that ignores `offset`
+#: (always its first page) would otherwise keep it doubling for ever.
+SEEK_LIMIT = 2**22
 
 PageKey = dict[str, str] | str | None
 
@@ -222,7 +225,7 @@ class BatchWatcher:
         """Offset of the first batch created after `since` in an oldest-first list:
         galloping then bisecting with one-entry pages, to within one page."""
         low, high = 0, PAGE
-        while self._created_before(day, high, since):
+        while high < SEEK_LIMIT and self._created_before(day, high, since):
             low, high = high, high * 2
         while high - low > PAGE // 2:
             middle = (low + high) // 2

@@ -15,6 +15,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "DeliveryError",
+    "EmailFieldMissing",
     "FatalAPIError",
     "RetriableAPIError",
 ]
@@ -27,6 +28,11 @@ class ConfigError(ConfigValidationError):
     def __init__(self, message: str) -> None:
         message = one_line_error(message, ())
         super().__init__(message, errors=[message])
+
+
+class EmailFieldMissing(ConfigError):
+    """A stream's SCHEMA has no field at `email_field`: every record would be rejected.
+    Raised when the SCHEMA arrives, before any of the stream's records is read."""
 
 
 class AuthenticationError(FatalAPIError):

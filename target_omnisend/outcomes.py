@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from target_omnisend.privacy import mask_email
+from target_omnisend.privacy import mask_email, one_line_error
+
+#: Per stream and reason, this many rejections or warnings are logged one by one; the
+#: rest are counted (progress lines, summary): a source with the wrong email column must
+#: not turn into a log line per profile.
+LOGGED_PER_REASON = 3
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Outcomes:
         self._path = Path(rejected_records_path) if rejected_records_path else None
         self._file: Any = None
         self._lock = threading.Lock()
+        self._logged: Counter[tuple[str, str, str]] = Counter()
         self.streams: dict[str, StreamCounts] = {}
         #: Per stream: what mirror mode did, or why it left Omnisend alone.
         self.mirror: dict[str, dict[str, Any]] = {}
@@ -77,8 +83,28 @@ class Outcomes:
             self._counts(stream).merged_duplicates += 1
 
     def warned(self, stream: str, warning: str) -> None:
+        """Count a per-record warning (its text names a field, never a value); the first
+        few of each kind are logged too."""
         with self._lock:
             self._counts(stream).warnings[warning] += 1
+            note = self._log_note(stream, "warning", warning)
+        if note is not None:  # on one line: a field name may hold a line break
+            self.logger.warning("%s", one_line_error(f"Stream '{stream}': {warning}{note}", ()))
+
+    def _log_note(self, stream: str, kind: str, reason: str) -> str | None:
+        """None when this occurrence is past the cap (counted only); else what to add
+        to its log line (the last one logged says the rest are counted). Call locked."""
+        key = (stream, kind, reason)
+        self._logged[key] += 1
+        seen = self._logged[key]
+        if seen > LOGGED_PER_REASON:
+            return None
+        if seen == LOGGED_PER_REASON:
+            return (
+                " (further ones of this kind are counted in the progress lines and the "
+                "summary, not logged)"
+            )
+        return ""
 
     def delivered(self, stream: str, count: int) -> None:
         with self._lock:
@@ -108,6 +134,7 @@ class Outcomes:
             counts = self._counts(stream)
             counts.rejected += 1
             counts.rejected_by_reason[code] += 1
+            note = self._log_note(stream, "rejected", code)
             if self._path is not None:
                 if self._file is None:
                     self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +143,14 @@ class Outcomes:
                     self._file = self._path.open("a", encoding="utf-8", errors="backslashreplace")
                 self._file.write(line + "\n")
                 self._file.flush()
-        self.logger.warning(
-            "Rejected a record of stream '%s'%s: %s",
-            stream,
-            f" ({mask_email(email)})" if email else "",
-            reason,
-        )
+        if note is not None:
+            self.logger.warning(
+                "Rejected a record of stream '%s'%s: %s%s",
+                stream,
+                f" ({mask_email(email)})" if email else "",
+                reason,
+                note,
+            )
 
     def sync(self) -> None:
         """Make rejections durable before a STATE message says they are final."""

@@ -33,9 +33,11 @@ from typing import Any
 from target_omnisend.client import OmnisendClient
 from target_omnisend.delivery import DeliveryEngine, Item
 from target_omnisend.dryrun import DryRunWriter
+from target_omnisend.email_schema import candidates_text, email_like_fields
 from target_omnisend.mapping import Rejection, get_path, merge_duplicate, normalize_email
 from target_omnisend.mirror import mirror_tag
 from target_omnisend.outcomes import Outcomes
+from target_omnisend.outputs import prepare_output_paths
 from target_omnisend.progress import ProgressReporter
 from target_omnisend.ratelimit import RateLimits
 from target_omnisend.seen import SeenEmails
@@ -55,6 +57,11 @@ class _Stream:
     #: Changed contacts waiting for a full batch (latest version per email).
     carry: dict[str, Item]
     complete: bool = False
+
+
+#: A stream whose first this-many records all lack the email gets one warning naming
+#: `email_field` (the rest of the run goes on: they are rejected and counted).
+EMAIL_FIELD_HINT_AFTER = 20
 
 
 class RunPipeline:
@@ -88,6 +95,7 @@ class RunPipeline:
     def start(cls, settings: Settings, logger: logging.Logger) -> RunPipeline:
         """Connect, open the store and pick the writer. This is the one place where a
         dry run differs: a file writer instead of delivery, a read-only store."""
+        prepare_output_paths(settings)
         client = OmnisendClient(
             base_url=settings.api_url,
             api_key=settings.api_key,
@@ -174,12 +182,33 @@ class RunPipeline:
         """A record that cannot be delivered. If it names a member, that member still
         counts as present for mirror: a bad record this run is no reason to untag."""
         self.outcomes.rejected(name, record, code, reason)
+        if code == "missing_email":
+            self._warn_if_email_field_is_wrong(name, record)
         seen = self._seen_for(name)
         if seen is not None and isinstance(record, dict):
             mapping = self.settings.mapping
             email = normalize_email(get_path(record, mapping.email_field), mapping.lowercase_emails)
             if not isinstance(email, Rejection):
                 seen.add(email)
+
+    def _warn_if_email_field_is_wrong(self, name: str, record: Any) -> None:
+        """Once, when the first `EMAIL_FIELD_HINT_AFTER` records of a stream all lack
+        the email: the schema has the field, but the source leaves it empty (or
+        `email_field` names the wrong one). Field names only, never values."""
+        counts = self.outcomes.streams.get(name)  # read on the one reading thread: no copy
+        if counts is None or counts.received != EMAIL_FIELD_HINT_AFTER:
+            return
+        if counts.rejected_by_reason["missing_email"] != EMAIL_FIELD_HINT_AFTER:
+            return
+        names = email_like_fields(record) if isinstance(record, dict) else []
+        self.logger.warning(
+            "Stream '%s': none of the first %d records has a value in '%s' (email_field); "
+            "is it the field that holds the email? In the records, %s",
+            name,
+            EMAIL_FIELD_HINT_AFTER,
+            self.settings.mapping.email_field,
+            candidates_text(names).replace("the schema has", "there is"),
+        )
 
     def _seen_for(self, name: str) -> SeenEmails | None:
         segment_tag = self._stream(name).segment_tag
@@ -391,16 +420,30 @@ class RunPipeline:
             return "the run brought no record of the segment at all"
         return None
 
+    def _warn_no_record(self) -> None:
+        """A run that received no record at all: most often the extractor's stream was
+        not selected (Meltano skips a deselected stream without a word)."""
+        self.logger.warning(
+            "No record was received, so nothing was delivered. Under Meltano, check that "
+            "the extractor selects the stream: `meltano select <extractor> --list` shows "
+            "what it reads, and `meltano select <extractor> <stream> '*'` selects one"
+        )
+
     def _report(self) -> None:
         self.progress.stop()
         elapsed = time.monotonic() - self.started_at
         totals = self.outcomes.totals()
+        if not any(counts["received"] for counts in totals.values()):
+            self._warn_no_record()
+        # A dry run delivers nothing: its counts are what a real run would deliver.
+        delivered = "delivered" if self.writer.sends else "would_deliver"
         for name, counts in totals.items():
             self.logger.info(
-                "Summary for stream '%s': received=%d delivered=%d rejected=%d unchanged=%d "
+                "Summary for stream '%s': received=%d %s=%d rejected=%d unchanged=%d "
                 "merged_duplicates=%d rejected_by_reason=%s warnings=%s",
                 name,
                 counts["received"],
+                delivered,
                 counts["delivered"],
                 counts["rejected"],
                 counts["unchanged"],

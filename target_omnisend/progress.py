@@ -28,11 +28,13 @@ class ProgressReporter:
         unchanged = sum(t["unchanged"] for t in totals)
         rejected = sum(t["rejected"] for t in totals)
         merged = sum(t["merged_duplicates"] for t in totals)
+        warnings = sum(sum(t["warnings"].values()) for t in totals)
         elapsed = max(time.monotonic() - self._started, 1e-9)
         pending = received - delivered - unchanged - rejected - merged
         return (
             f"Progress: received={received} delivered={delivered} unchanged={unchanged} "
-            f"rejected={rejected} in_flight={pending} rate={received / elapsed:.0f} rec/s "
+            f"rejected={rejected} warnings={warnings} in_flight={pending} "
+            f"rate={received / elapsed:.0f} rec/s "
             f"delivered_rate={delivered / elapsed:.0f}/s elapsed={elapsed:.0f}s"
         )
 

@@ -12,6 +12,8 @@ from decimal import Decimal
 from types import FrameType
 from typing import Any
 
+import click
+from dotenv import find_dotenv, load_dotenv
 from singer_sdk.configuration._dict_config import parse_environment_config
 from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
 from singer_sdk.helpers._classproperty import classproperty
@@ -27,6 +29,28 @@ from target_omnisend.reader import SingerInput, encode_state
 from target_omnisend.settings import load_settings
 from target_omnisend.sinks import ContactsSink
 from target_omnisend.unknown_settings import warn_unknown_settings
+
+#: `target-omnisend --help` (click rewraps paragraphs; `\b` keeps a block as written).
+HELP = """Deliver contact segments from any Singer tap to Omnisend.
+
+Reads Singer messages on stdin; each stream is one segment. Its records become Omnisend
+contacts (email required), tagged `segment:<stream>` and kept in a saved segment of the
+same name. Bad records go to the rejected-records file with a reason; STATE is printed
+only once everything before it is delivered.
+
+\b
+Examples:
+  # a JSONL export, with settings in a file
+  python samples/to_singer.py samples/vip_buyers.jsonl --stream vip_buyers \\
+    | target-omnisend --config config.json
+\b
+  # any tap, settings from TARGET_OMNISEND_* variables (or a .env file here);
+  # a dry run writes the requests to omnisend_dry_run.jsonl and sends nothing
+  TARGET_OMNISEND_API_KEY=... TARGET_OMNISEND_DRY_RUN=true \\
+    tap-postgres --config tap.json --catalog catalog.json | target-omnisend --config ENV
+
+Every setting: target-omnisend --about --format=markdown
+"""
 
 
 class TargetOmnisend(Target):
@@ -67,7 +91,12 @@ class TargetOmnisend(Target):
         `number` settings as strings, which then fail validation: convert them too."""
         config_jsonschema = cls.config_jsonschema
         cls.append_builtin_config(config_jsonschema)
-        config = parse_environment_config(config_jsonschema, cls._env_var_prefix)
+        # The SDK looks for a .env upwards from its own install folder, not from where the
+        # command runs: read the nearest .env from the current folder (set variables win).
+        load_dotenv(find_dotenv(usecwd=True), override=False)
+        config = parse_environment_config(
+            config_jsonschema, cls._env_var_prefix, dotenv_path=os.devnull
+        )
         properties = cls.config_jsonschema.get("properties", {})
         for key, value in config.items():
             types = properties.get(key, {}).get("type")
@@ -76,6 +105,13 @@ class TargetOmnisend(Target):
                 with contextlib.suppress(ValueError):  # else validation names the setting
                     config[key] = float(value)
         return config
+
+    @classmethod
+    def get_singer_command(cls) -> click.Command:
+        """The SDK's command, with a description and examples for `--help`."""
+        command = super().get_singer_command()
+        command.help = HELP
+        return command
 
     # -- the run pipeline decides; the SDK's hooks only hand over -----------------------
 

@@ -77,6 +77,34 @@ def test_batches_are_confirmed_whatever_the_list_order_and_however_many_foreign_
         assert lookups <= 0.05 * writes, lookups
 
 
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+def test_a_batch_list_without_its_paging_object_is_still_read_page_by_page_by_offset(
+    order: str, tmp_path: Path
+) -> None:
+    """The paging object is documented, but a proxy may drop it: the list still honours
+    `offset`, so the target reads on by offset instead of looking each batch up."""
+    with OmnisendServer(
+        api_keys=(API_KEY,),
+        batch_delay=0.05,
+        batch_list_order=order,
+        foreign_batches=1500,
+        batch_list_paging=False,
+    ) as server:
+        records = _records(3000)
+        run = run_target(
+            _config(server, tmp_path), segment_messages(records, key=None), workdir=tmp_path
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert set(_held(server)) == {r["email"] for r in records}
+        writes = server.count(method="POST", path_prefix="/batches")
+        lookups = _lookups(server)
+        list_reads = [e for e in server.request_log() if e.method == "GET" and e.path == "/batches"]
+    assert writes == 30
+    assert lookups <= 0.05 * writes, lookups
+    if order == "oldest_first":  # ours come after the 1,500 foreign ones
+        assert any(int(e.query.get("offset", 0)) > 0 for e in list_reads)
+
+
 def test_item_results_in_another_order_without_the_request_map_to_the_right_records(
     tmp_path: Path,
 ) -> None:

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -74,15 +75,19 @@ def test_meltano_run_delivers_the_sample_segment(server: OmnisendServer, tmp_pat
 MARKER = "<!-- meltano-commands:"
 
 
-def readme_code_blocks() -> list[tuple[str, str]]:
-    """(line before the fence, body) of every fenced code block of the README."""
-    blocks, body, before, previous = [], None, "", ""
+def readme_code_blocks(*, with_language: bool = False) -> list[Any]:
+    """(line before the fence, body) of every fenced code block of the README, or (line
+    before, language, body) `with_language`."""
+    blocks: list[Any] = []
+    body: list[str] | None = None
+    before = previous = language = ""
     for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             if body is None:
-                body, before = [], previous
+                body, before, language = [], previous, line[3:].strip()
             else:
-                blocks.append((before, "\n".join(body) + "\n"))
+                text = "\n".join(body) + "\n"
+                blocks.append((before, language, text) if with_language else (before, text))
                 body = None
         elif body is not None:
             body.append(line)
@@ -94,11 +99,15 @@ def readme_meltano_blocks() -> list[str]:
     return [body for before, body in readme_code_blocks() if before.startswith(MARKER)]
 
 
+#: Meltano commands run elsewhere: the Postgres example needs a PostgreSQL server.
+OTHER_RUNNERS = ("<!-- postgres-example:",)
+
+
 def test_every_readme_code_block_with_a_meltano_command_is_run_by_the_newcomer_test() -> None:
     unmarked = [
         body
         for before, body in readme_code_blocks()
-        if re.search(r"^meltano ", body, re.M) and not before.startswith(MARKER)
+        if re.search(r"^meltano ", body, re.M) and not before.startswith((MARKER, *OTHER_RUNNERS))
     ]
     assert unmarked == [], (
         f"README code blocks with meltano commands but no {MARKER} … --> line before them, "
@@ -146,8 +155,61 @@ def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
         assert f"| {name} |" in proc.stdout, f"{name} missing from meltano invoke --about"
     # the nightly schedule is there, and its job ran: the second run found nothing new
     meltano_yml = yaml.safe_load((project / "meltano.yml").read_text())
+    [loader] = meltano_yml["plugins"]["loaders"]
+    assert loader["pip_url"] == str(REPO)  # installs from a fresh shell, nothing exported
     [schedule] = meltano_yml["schedules"]
     assert (schedule["job"], schedule["interval"]) == ("omnisend-segments", "@daily")
     unchanged = re.findall(r"Summary for stream 'vip_buyers'.*?unchanged=(\d+)", proc.stderr)
     assert len(unchanged) == 2 and int(unchanged[0]) == 0
     assert int(unchanged[1]) == len(expected_emails(records)), unchanged
+    # Log lines of the README's `meltano run`: none per record. The sample's 39 rejected
+    # records have two reasons (missing, invalid email): three lines each, the rest counted.
+    first_run = proc.stderr.split("meltano run tap-jsonl target-omnisend\n", 1)[1]
+    first_run = first_run.split("meltano job add", 1)[0]
+    assert first_run.count("Rejected a record") == 6, first_run[-3000:]
+    assert first_run.count("not logged") == 5  # 2 rejection reasons, 3 warning kinds
+
+    # README troubleshooting: a start-up failure under Meltano (here a wrong key) ends in
+    # the tap's BrokenPipeError; the cause is the target's one line above it.
+    wrong_key = subprocess.run(
+        [str(MELTANO), "run", "--full-refresh", "tap-jsonl", "target-omnisend"],
+        cwd=project,
+        env={
+            **os.environ,
+            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "TARGET_OMNISEND_API_URL": server.url,
+            "TARGET_OMNISEND_API_KEY": "wrong-key-0000",
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    log = wrong_key.stdout + wrong_key.stderr
+    assert wrong_key.returncode != 0
+    cause = log.index("Omnisend refused the API key")
+    if "BrokenPipeError" in log:
+        assert cause < log.index("BrokenPipeError"), log[-4000:]
+
+    # The project reinstalls from a fresh shell: no constraint files, no exports.
+    fresh = {k: v for k, v in os.environ.items() if not k.endswith("_CONSTRAINT")}
+    reinstall = subprocess.run(
+        [str(MELTANO), "install", "--clean", "--plugin-type", "loader", "target-omnisend"],
+        cwd=project,
+        env={**fresh, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", "UV_NO_CACHE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert reinstall.returncode == 0, (reinstall.stdout + reinstall.stderr)[-4000:]
+    about = subprocess.run(
+        [str(MELTANO), "invoke", "target-omnisend", "--version"],
+        cwd=project,
+        env={**fresh, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert about.returncode == 0 and "target-omnisend" in about.stdout + about.stderr

@@ -379,6 +379,21 @@ def test_cli_flags_set_the_knobs() -> None:
         assert refused.status_code == 429 and refused.headers["Retry-After"]
 
 
+def test_batch_list_paging_knob_drops_the_paging_object_but_keeps_offset_paging() -> None:
+    with OmnisendServer(api_keys=(KEY,), foreign_batches=5) as srv:
+        api = Api(srv.url)
+        with_paging = listed_ids(api)
+    with OmnisendServer(api_keys=(KEY,), foreign_batches=5, batch_list_paging=False) as srv:
+        api = Api(srv.url)
+        first = api.get("/batches", params={**CONTACTS, "limit": 3}).json()
+        rest = api.get("/batches", params={**CONTACTS, "limit": 3, "offset": 3}).json()
+    assert "paging" not in first and "paging" not in rest
+    assert len(first["batches"]) == 3 and len(rest["batches"]) == 2
+    assert [b["batchID"] for b in first["batches"] + rest["batches"]] == with_paging
+    assert knobs(["--no-batch-list-paging"])["batch_list_paging"] is False
+    assert knobs([])["batch_list_paging"] is True
+
+
 # -- presets and path patterns -----------------------------------------------------------------
 
 

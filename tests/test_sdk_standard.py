@@ -29,6 +29,7 @@ from singer_sdk.testing.target_tests import (
     TargetRecordMissingRequiredProperty,
 )
 
+from target_omnisend.errors import EmailFieldMissing
 from target_omnisend.mapping import Rejection, normalize_email
 from target_omnisend.target import TargetOmnisend
 from tests.harness import read_jsonl, stored_email
@@ -85,9 +86,35 @@ class AuditedRunner(TargetTestRunner):
                     closer()
 
     def sync_all(self, **kwargs: Any) -> None:
-        super().sync_all(**kwargs)
+        try:
+            super().sync_all(**kwargs)
+        except EmailFieldMissing as exc:
+            # A generic stream with no email field at all: a contacts target stops at its
+            # SCHEMA (exit 2 from the CLI) instead of rejecting every record one by one.
+            assert self.input_filepath is not None
+            self._audit_stopped_at_schema(self.input_filepath.read_text(encoding="utf-8"), exc)
+            return
         if self.input_filepath is not None:
             self._audit(self.input_filepath.read_text(encoding="utf-8"))
+
+    def _audit_stopped_at_schema(self, singer_text: str, exc: EmailFieldMissing) -> None:
+        messages = [json.loads(line) for line in singer_text.splitlines() if line.strip()]
+        before: list[dict[str, Any]] = []
+        for message in messages:
+            if message.get("type") == "SCHEMA":
+                properties = message["schema"].get("properties") or {}
+                if properties and "email" not in properties:
+                    assert f"stream '{message['stream']}' has no field 'email'" in str(exc)
+                    break
+            elif message.get("type") == "RECORD":
+                before.append(message["record"])
+        else:
+            raise AssertionError(f"stopped at a SCHEMA that has an email field: {exc}")
+        emails = {normalize_email(record.get("email")) for record in before}
+        stored = {stored_email(contact) for contact in self.server.contacts()}
+        assert stored <= emails, "a record after the SCHEMA without email reached the server"
+        assert not self.state_messages, "STATE was emitted by a run that stopped"
+        self.audited += 1
 
     def _audit(self, singer_text: str) -> None:
         messages = [json.loads(line) for line in singer_text.splitlines() if line.strip()]
@@ -147,6 +174,14 @@ class TestTargetOmnisendStandard(StandardTargetTests):  # type: ignore[misc,vali
         runner.close_targets()
         if request.node.name not in NOT_AUDITED:
             assert runner.audited == 1, f"{request.node.name} finished without the audit"
+
+    @pytest.mark.skip(
+        reason="Its stream has no email field, so a contacts target stops at the SCHEMA "
+        "(EmailFieldMissing, exit 2) before the record's missing key is seen. The same check "
+        "on a stream that has an email field: tests/test_clear_for_users.py::"
+        "test_a_record_missing_a_key_property_other_than_the_email_still_stops_the_run"
+    )
+    def test_target_record_missing_key_property(self) -> None: ...
 
     @pytest.mark.skip(
         reason="Expects a STATE checkpoint after every input STATE. A contacts target "

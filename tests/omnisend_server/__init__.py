@@ -37,6 +37,9 @@ Batches:
   honours the documented filters: `endpoint` (required), `status`, `dateFrom`/`dateTo`
   (yyyy-mm-dd, whole UTC days of createdAt, inclusive), `offset`, `limit` (1..250,
   default 100); answer `{batches, paging: {limit, offset, next, previous}}`.
+- `batch_list_paging` → `--no-batch-list-paging` (on): the `paging` object of GET
+  /batches at all (documented; a proxy or gateway may drop it). Without it the list
+  still honours `offset`/`limit`, but nothing says where the next page is.
 - `foreign_batches` → `--foreign-batches` (0): finished contact batches another
   integration made earlier today (UTC), present before the run; every 7th has one
   failed item. `foreign_batches_per_minute` (0) adds more while the server runs;

@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     batches("--foreign-batch-days", type=int, default=1, help="spread over N UTC days to today")
     batches("--items-order", choices=("same", "reversed", "shuffled"), default="same")
     batches(
+        "--no-batch-list-paging",
+        dest="batch_list_paging",
+        action="store_false",
+        help="GET /batches without its paging object",
+    )
+    batches(
         "--no-echo-item-request",
         dest="echo_item_request",
         action="store_false",

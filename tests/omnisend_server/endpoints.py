@@ -92,7 +92,8 @@ class Service:
     """Endpoint logic on top of the store; owns the asynchronous parts (batches, tags).
 
     `batch_list_order` is the order of GET /batches (store.BATCH_ORDERS), `items_order`
-    that of /batches/{id}/items (ITEM_ORDERS), and `echo_item_request` whether an item
+    that of /batches/{id}/items (ITEM_ORDERS), `batch_list_paging` whether GET /batches
+    answers with its paging object, and `echo_item_request` whether an item
     carries the `request` it was made from (without it, only identity can match results).
     `inconsistent_batches` is the share of batches that get the `batch_short` fault,
     evenly spread (0.2: every 5th batch), so a short run meets them too.
@@ -108,6 +109,7 @@ class Service:
         items_order: str = "same",
         echo_item_request: bool = True,
         inconsistent_batches: float = 0.0,
+        batch_list_paging: bool = True,
     ) -> None:
         if batch_list_order not in BATCH_ORDERS:
             raise ValueError(f"batch_list_order must be one of {BATCH_ORDERS}")
@@ -120,6 +122,7 @@ class Service:
         self.batch_list_order = batch_list_order
         self.items_order = items_order
         self.echo_item_request = echo_item_request
+        self.batch_list_paging = batch_list_paging
         self.inconsistent_batches = inconsistent_batches
         self._batches_created = 0
 
@@ -462,7 +465,10 @@ class Service:
                 limit,
                 len(page) > limit,
             )
-            return 200, {"batches": [render_batch(b) for b in page[:limit]], "paging": paging}
+            body: dict[str, Any] = {"batches": [render_batch(b) for b in page[:limit]]}
+            if self.batch_list_paging:
+                body["paging"] = paging
+            return 200, body
 
     def routes(self) -> list[tuple[str, dict[str, Callable[[Call], Result]]]]:
         """Path patterns (relative to the version root) and their methods."""

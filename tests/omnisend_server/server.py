@@ -161,6 +161,7 @@ class OmnisendServer:
         items_order: str = "same",
         echo_item_request: bool = True,
         inconsistent_batches: float = 0.0,
+        batch_list_paging: bool = True,
         segment_writes_per_minute: int | None = 15,
         segment_reads_per_minute: int | None = 100,
         foreign_segment_writes_per_minute: float = 0.0,
@@ -208,6 +209,7 @@ class OmnisendServer:
             batch_list_order=batch_list_order,
             items_order=items_order,
             echo_item_request=echo_item_request,
+            batch_list_paging=batch_list_paging,
             inconsistent_batches=inconsistent_batches,
         )
         self._segments = SegmentService(
