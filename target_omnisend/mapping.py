@@ -345,7 +345,7 @@ def _latest_status_date(run_started_at: str) -> str:
     return _timestamp(started + STATUS_DATE_SLACK) or run_started_at
 
 
-def default_status_date(run_started_at: str) -> str:
+def default_status_date(run_started_at: dt.datetime) -> str:
     """The date the default status is sent with: older for every later run.
 
     The target cannot know which contacts already exist, so every contact carries the
@@ -353,12 +353,13 @@ def default_status_date(run_started_at: str) -> str:
     enough for contacts this target created itself: they hold that very date, and
     Omnisend does not document which write wins a tie (the local server has a knob for
     both). So the date runs backwards from 2000-01-01 as the run's start moves forward
-    from 2026-01-01, one second per second: a later run's default status is always
-    older than the one any earlier run wrote, and never replaces it — whatever
-    `email_status` said then or says now. (It reaches 1970 in 2056.)"""
-    started = dt.datetime.fromisoformat(run_started_at.replace("Z", "+00:00"))
+    from 2026-01-01, one millisecond per millisecond (runs can start less than a second
+    apart): a later run's default status is always older than the one any earlier run
+    wrote, and never replaces it — whatever `email_status` said then or says now. (It
+    reaches 1970 in 2056.)"""
     pivot = dt.datetime.fromisoformat(NEW_CONTACT_STATUS_DATE.replace("Z", "+00:00"))
-    return _timestamp(pivot - (started - _DEFAULT_DATE_PIVOT)) or NEW_CONTACT_STATUS_DATE
+    moment = pivot - (run_started_at.astimezone(dt.timezone.utc) - _DEFAULT_DATE_PIVOT)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _custom_value(value: Any) -> Any:
