@@ -358,3 +358,60 @@ def test_a_changed_email_status_applies_to_newcomers_only(tmp_path: Path, ties: 
             "nonSubscribed",
             "subscribed",
         ]
+
+
+# -- attacks that held ----------------------------------------------------------------------
+
+
+def test_batch_records_follow_stream_maps_like_records(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The SDK's own BATCH route skips stream maps; here a renamed stream's batched
+    records land under the alias, and a filtered-out field is gone from every record."""
+    config = {
+        **mirror_config,
+        "segment_tag": "segment:{stream_name}",
+        "stream_maps": {"vip": {"__alias__": "vip_renamed", "loyalty_tier": "__NULL__"}},
+    }
+    ok(run_target(config, scenario("batch_full_read.singer"), workdir=tmp_path))
+    assert tagged(server, "segment:vip_renamed") == members(range(6))
+    assert list(summary(config)["streams"]) == ["vip_renamed"]
+    assert [c["customProperties"] for c in server.contacts()] == [{}] * 6  # no tier
+
+
+def test_a_batch_line_that_is_no_record_ends_the_run_in_one_line_naming_the_file(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    (tmp_path / "odd.jsonl").write_text('{"email": "member1@example.com"}\n[1, 2]\n')
+    batch = {
+        "type": "BATCH",
+        "stream": "vip",
+        "encoding": {"format": "jsonl"},
+        "manifest": [(tmp_path / "odd.jsonl").as_uri()],
+    }
+    messages = [
+        *scenario("batch_full_read.singer").decode().splitlines()[:3],
+        json.dumps(batch),
+        '{"type": "STATE", "value": {"n": 1}}',
+    ]
+    run = run_target(mirror_config, "\n".join(messages).encode() + b"\n", workdir=tmp_path)
+    assert run.returncode == 1 and run.states == []
+    errors = [line for line in run.stderr.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and "line 2 of batch file odd.jsonl is a JSON list" in errors[0]
+    assert "[1, 2]" not in run.stderr
+
+
+def test_a_dry_run_previews_the_re_tagging_and_changes_nothing(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    full = scenario("full_read_20.singer", PIPELINE)
+    ok(run_target(mirror_config, full, workdir=tmp_path))
+    untag_elsewhere(server, ["member3@example.com"])
+    dry = {**mirror_config, "dry_run": True, "dry_run_path": str(tmp_path / "dry.jsonl")}
+    run = ok(run_target(dry, full, workdir=tmp_path))
+    assert run.states == []
+    assert "member3@example.com" not in tagged(server)
+    calls = [r for r in read_jsonl(tmp_path / "dry.jsonl") if r["path"].endswith("/contacts/tags")]
+    assert [(c["method"], c["body"]) for c in calls] == [
+        ("POST", {"tags": [TAG], "emails": ["member3@example.com"]})
+    ]
