@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from target_omnisend.seen import WrittenThisRun
 from tests.conftest import API_KEY
 from tests.harness import TARGET_BIN, read_jsonl, run_target, stored_email
 from tests.omnisend_server import OmnisendServer
@@ -208,6 +209,23 @@ def test_a_member_present_in_a_refused_mirror_run_loses_its_stage(
         "retagged": 0,
         "held_by_other_pipelines": 0,
     }
+
+
+def test_a_member_present_in_a_run_the_ratio_guard_refuses_loses_its_stage(
+    server: OmnisendServer, mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The same under the ratio guard: a read of members 10-19 only (half absent, over
+    the 30 % allowed) removes nothing, yet members 15-19 were present in it."""
+    config = {**mirror_config, "mirror_confirm_runs": 2, "mirror_max_removal_ratio": 0.3}
+    ok(run_target(config, scenario("full_read_20.singer", PIPELINE), workdir=tmp_path))
+    fifteen = scenario("full_read_15_of_20.singer", PIPELINE)
+    ok(run_target(config, fifteen, workdir=tmp_path))
+    ok(run_target(config, scenario("full_read_10_to_19.singer"), workdir=tmp_path))
+    refused = summary(config)["mirror"][TAG]
+    assert "mirror_max_removal_ratio" in refused["skipped"]
+    ok(run_target(config, fifteen, workdir=tmp_path))
+    assert tagged(server) == members(range(20)), "a stage survived the member's return"
+    assert refused.get("stage_cleared") == 5
 
 
 # -- 5. two pipelines writing one tag -------------------------------------------------------
@@ -415,3 +433,16 @@ def test_a_dry_run_previews_the_re_tagging_and_changes_nothing(
     assert [(c["method"], c["body"]) for c in calls] == [
         ("POST", {"tags": [TAG], "emails": ["member3@example.com"]})
     ]
+
+
+def test_the_record_of_what_a_run_wrote_never_forgets_and_rarely_imagines() -> None:
+    """`WrittenThisRun` (latest version wins across streams): no email it was given is
+    ever missing (that would skip a newer version), few others look present."""
+    written = WrittenThisRun()
+    emails = [f"member{i}@example.com" for i in range(300_000)]
+    for email in emails:
+        written.add(email)
+    assert all(email in written for email in emails)
+    others = sum(f"other{i}@example.com" in written for i in range(20_000))
+    assert others < 20_000 * 0.05
+    assert 1 not in written
