@@ -355,10 +355,12 @@ def default_status_date(run_started_at: dt.datetime) -> str:
     both). So the date runs backwards from 2000-01-01 as the run's start moves forward
     from 2026-01-01, one millisecond per millisecond (runs can start less than a second
     apart): a later run's default status is always older than the one any earlier run
-    wrote, and never replaces it — whatever `email_status` said then or says now. (It
-    reaches 1970 in 2056.)"""
+    wrote, and never replaces it — whatever `email_status` said then or says now. It
+    stops at 1970-01-01 (reached in 2056, or by a clock set far ahead): an older date
+    might be refused, which would cost every contact, a tie only the status."""
     pivot = dt.datetime.fromisoformat(NEW_CONTACT_STATUS_DATE.replace("Z", "+00:00"))
     moment = pivot - (run_started_at.astimezone(dt.timezone.utc) - _DEFAULT_DATE_PIVOT)
+    moment = max(moment, dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
