@@ -220,9 +220,11 @@ class RunPipeline:
         unchanged = 0
         others = [other for other in self._streams.values() if other is not stream]
         written = self._written if others else None  # one stream: nobody else wrote it
+        # Lower-cased emails already are their `member_key`: skip the second normalisation.
+        key = str if self.settings.mapping.lowercase_emails else member_key
         for item in items:
             if seen is not None:
-                seen.add(member_key(item.email))
+                seen.add(key(item.email))
             for other in others:  # an older version waits in another segment's carry:
                 if item.email in other.carry:  # it goes first, so this one lands after it
                     self._send(other, full_only=False)
