@@ -313,21 +313,19 @@ def test_the_newest_record_wins_across_streams_when_a_checkpoint_falls_between(
     assert server.contact("member0@example.com")["customProperties"]["tier"] == "gold"
 
 
-def test_the_newest_record_wins_while_the_older_version_is_in_flight(tmp_path: Path) -> None:
+def test_the_newest_record_wins_while_the_older_version_is_in_flight(
+    mirror_config: dict[str, Any], tmp_path: Path
+) -> None:
     """One stream, one record a drain and a batch, a slow server: platinum is in flight
     when gold (equal to the stored fingerprint) arrives. Only the in-flight check makes
     gold go out after platinum; the versions never meet in the carry."""
     with OmnisendServer(api_keys=(API_KEY,), batch_delay=1.0) as slow:
         config = {
-            "api_key": API_KEY,
+            **mirror_config,
             "api_url": slow.url,
+            "sync_mode": "upsert",
             "batch_size_rows": 1,
             "batch_size": 1,
-            "batch_poll_interval": 0.05,
-            "custom_properties": {"tier": "loyalty_tier"},
-            "fingerprint_store_path": str(tmp_path / "fp.sqlite"),
-            "rejected_records_path": str(tmp_path / "rejected.jsonl"),
-            "summary_path": str(tmp_path / "summary.json"),
         }
         ok(run_target(config, scenario("stale_version_run1.singer", PIPELINE), workdir=tmp_path))
         ok(run_target(config, scenario("stale_version_run2.singer", PIPELINE), workdir=tmp_path))
