@@ -109,7 +109,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         allowed_values=list(EMAIL_STATUSES),
         title="Email status for new contacts",
         description="Status given to contacts the export creates. Never changes the status "
-        "of a contact that already exists in Omnisend.",
+        "of a contact that already exists in Omnisend, including contacts this target created "
+        "in earlier runs (changing this setting later applies to newcomers only).",
     ),
     th.Property(
         "status_field",
@@ -300,10 +301,13 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         default=SYNC_MODES[0],
         allowed_values=list(SYNC_MODES),
         title="Sync mode",
-        description="upsert: add and update segment members. mirror: also remove the segment "
-        "tag from contacts that carry it in Omnisend but were not in this run (never deletes "
-        "contacts; guarded, see mirror_max_removal_ratio and mirror_trigger). mirror needs "
-        "api_version 2026-03-15.",
+        description="upsert: add and update segment members (a member untagged in Omnisend by "
+        "someone else stays untagged; one run with full_refresh repairs that). mirror: after a "
+        "complete read, make the tag equal the segment: members missing the tag get it back, "
+        "contacts that carry it but were not in this run lose it (staged; never deletes "
+        "contacts; a member another pipeline sharing the store still has is left alone; "
+        "guarded, see mirror_max_removal_ratio and mirror_trigger). mirror needs api_version "
+        "2026-03-15.",
     ),
     th.Property(
         "mirror_trigger",
@@ -348,7 +352,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         th.BooleanType,
         default=False,
         title="Full refresh",
-        description="Ignore the fingerprint store for this run: send and tag every contact.",
+        description="Ignore the fingerprint store for this run: send and tag every contact (the "
+        "way to give the tag back to members untagged elsewhere without mirror's removals).",
     ),
     th.Property(
         "dry_run",

@@ -80,6 +80,10 @@ class DryRunWriter:
         for chunk in tag_calls(emails):
             self._write("DELETE", "/contacts/tags", {"tags": [tag], "emails": chunk})
 
+    def add_tags(self, tag: str, emails: list[str]) -> None:
+        for chunk in tag_calls(emails):
+            self._write("POST", "/contacts/tags", {"tags": [tag], "emails": chunk})
+
     def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
         self._write("POST", "/segments", body)
         return None

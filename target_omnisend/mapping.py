@@ -72,9 +72,12 @@ CLEARABLE_ATTRIBUTES = FREE_TEXT_ATTRIBUTES
 STATUS_DATE_SLACK = dt.timedelta(days=1)
 
 #: Omnisend keeps the email status with the latest `statusChangedAt`. The default
-#: status for new contacts is sent with this old date so that it lands on contacts
-#: the export creates but never overrides the status an existing contact already has.
+#: status for new contacts is sent with an old date so that it lands on contacts the
+#: export creates but never overrides the status an existing contact already has. This
+#: is the date releases before issue 19 used for every run, and the one a run starting
+#: at `_DEFAULT_DATE_PIVOT` uses (see `default_status_date`).
 NEW_CONTACT_STATUS_DATE = "2000-01-01T00:00:00Z"
+_DEFAULT_DATE_PIVOT = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -129,6 +132,8 @@ class MappingConfig:
     send_welcome_message: bool = False
     #: Used as `statusChangedAt` for an explicit per-record status without a date.
     run_started_at: str = NEW_CONTACT_STATUS_DATE
+    #: `statusChangedAt` of the default status (`email_status`); see `default_status_date`.
+    default_status_date: str = NEW_CONTACT_STATUS_DATE
     #: Omnisend compares emails case-sensitively: lower-casing makes `Jane@X.com` and
     #: `jane@x.com` one contact; off, the source's spelling is sent as it is.
     lowercase_emails: bool = True
@@ -338,6 +343,25 @@ def _latest_status_date(run_started_at: str) -> str:
     """The latest `statusChangedAt` believed for a run that started at `run_started_at`."""
     started = dt.datetime.fromisoformat(run_started_at.replace("Z", "+00:00"))
     return _timestamp(started + STATUS_DATE_SLACK) or run_started_at
+
+
+def default_status_date(run_started_at: dt.datetime) -> str:
+    """The date the default status is sent with: older for every later run.
+
+    The target cannot know which contacts already exist, so every contact carries the
+    default status; only its date keeps it off existing ones. A fixed old date is not
+    enough for contacts this target created itself: they hold that very date, and
+    Omnisend does not document which write wins a tie (the local server has a knob for
+    both). So the date runs backwards from 2000-01-01 as the run's start moves forward
+    from 2026-01-01, one millisecond per millisecond (runs can start less than a second
+    apart): a later run's default status is always older than the one any earlier run
+    wrote, and never replaces it — whatever `email_status` said then or says now. It
+    stops at 1970-01-01 (reached in 2056, or by a clock set far ahead): an older date
+    might be refused, which would cost every contact, a tie only the status."""
+    pivot = dt.datetime.fromisoformat(NEW_CONTACT_STATUS_DATE.replace("Z", "+00:00"))
+    moment = pivot - (run_started_at.astimezone(dt.timezone.utc) - _DEFAULT_DATE_PIVOT)
+    moment = max(moment, dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _custom_value(value: Any) -> Any:
@@ -599,7 +623,8 @@ def _email_channel(
     """An explicit per-record status is dated so it wins over older changes: by its own
     date when `status_timestamp_field` is set (a status without a usable date then falls
     back to the default rule), else by the run's start. The default status is dated far
-    in the past so that it only ever applies to contacts this export creates."""
+    in the past, older at every run, so that it only ever applies to contacts this
+    export creates (`default_status_date`)."""
     if config.status_field:
         raw = get_path(record, config.status_field)
         status = normalize_status(raw)
@@ -614,4 +639,4 @@ def _email_channel(
             warnings.append("status date is missing, unreadable or in the future: status ignored")
         elif raw not in (None, ""):
             warnings.append("status is not subscribed/unsubscribed/nonSubscribed: default used")
-    return {"status": config.email_status, "statusChangedAt": NEW_CONTACT_STATUS_DATE}
+    return {"status": config.email_status, "statusChangedAt": config.default_status_date}

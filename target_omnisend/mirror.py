@@ -14,11 +14,12 @@ leaving) removes and stages nothing. Contacts are never deleted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from target_omnisend.mapping import normalize_email
+from target_omnisend.seen import SeenEmails
 from target_omnisend.store import FingerprintStore
 from target_omnisend.writer import Writer
 
@@ -62,18 +63,59 @@ def decide(
     return MirrorDecision(remove=remove, staged=staged)
 
 
-def _member_key(email: str) -> str:
-    """How the run's members were recorded: normalised. A contact Omnisend lists as
-    `Jane@X.com` (another tool, or an export before lower-casing) is the member
-    `jane@x.com`; if she is present it keeps the tag (the safe direction)."""
+def member_key(email: str) -> str:
+    """One identity for a member on both sides of the comparison: trimmed and
+    lower-cased, whatever `lowercase_emails` says. The run's members and the contacts
+    Omnisend lists are both keyed so; a contact Omnisend holds as `Jane@X.com` (sent so
+    with `lowercase_emails: false`, or written by another tool) is the member
+    `jane@x.com`, so it is never untagged while she is in the segment, nor re-tagged
+    every run. Two contacts differing only by case are one member: if either is present
+    both keep the tag (the safe direction)."""
     key = normalize_email(email)
-    return key if isinstance(key, str) else email
+    return key if isinstance(key, str) else email.strip().lower()
+
+
+def missing_members(
+    members: Iterable[str], tagged: Container[str], tagged_now: Container[str]
+) -> list[str]:
+    """Pure: the run's members (as Omnisend holds them) that do not carry the tag in
+    Omnisend's listing — untagged by a person or another tool since — and were not just
+    tagged by this run (Omnisend applies tag calls asynchronously, so its listing may
+    not show those yet). They get the tag back."""
+    return [
+        email
+        for email in members
+        if member_key(email) not in tagged and member_key(email) not in tagged_now
+    ]
+
+
+@dataclass
+class MirrorRun:
+    """What the pipeline knows about one tag's streams in this run."""
+
+    tag: str
+    #: Stream names of this run that write the tag (this pipeline).
+    streams: list[str]
+    #: Their fingerprint partitions: the members Omnisend holds for them.
+    parts: list[str]
+    #: Member keys present in this run (delivered, unchanged or rejected).
+    present: Container[str]
+    #: Member keys this run's own tag calls tagged.
+    tagged_now: Container[str]
+
+
+def clear_present(tag: str, present: Container[str], store: FingerprintStore) -> int:
+    """A member present again clears its staged removal — in every run, even one whose
+    mirror is refused (an incremental read, a delivery failure, the ratio guard): a
+    later complete read must count its absences from zero."""
+    back = [email for email in store.staged(tag) if member_key(email) in present]
+    store.clear_absences(tag, back)
+    return len(back)
 
 
 def mirror_tag(
-    tag: str,
+    run: MirrorRun,
     *,
-    present: Container[str],
     writer: Writer,
     store: FingerprintStore,
     run_id: str,
@@ -81,39 +123,82 @@ def mirror_tag(
     confirm_runs: int,
     logger: logging.Logger,
 ) -> dict[str, Any]:
-    """List who carries `tag`, decide, act (or, for a dry-run writer, write the plan)."""
+    """Reconcile one tag: the desired set is the run's members, the actual set who
+    carries the tag in Omnisend. Members missing the tag get it back; absentees are
+    staged, then removed (or, for a dry-run writer, the plan is written).
+
+    Other pipelines may write the same tag (another Meltano job sharing the store): a
+    member another pipeline holds — confirmed in a partition of another stream that
+    carries this tag, and not dropped by that pipeline's latest complete read — is
+    theirs, not an absentee here. This pipeline's own partitions are trimmed to this
+    read's members once the read is trusted, so what it holds is always its latest
+    complete read; a member is removed only when no pipeline writing the tag holds it."""
+    tag, present = run.tag, run.present
+    listed = SeenEmails()
     tagged = 0
     absent: list[str] = []
     for email in writer.tagged_members(tag):
         tagged += 1
-        if _member_key(email) not in present:
+        listed.add(member_key(email))
+        if member_key(email) not in present:
             absent.append(email)  # removed by the identity Omnisend listed
+    held = store.held_elsewhere(tag, run.streams, absent)
+    theirs = [email for email in absent if email in held]
+    absent = [email for email in absent if email not in held]
     decision = decide(
-        tagged,
+        tagged - len(theirs),
         absent,
         store.absences(tag, absent),
         run_id,
         max_ratio=max_ratio,
         confirm_runs=confirm_runs,
     )
+    retag = missing_members(
+        store.members(run.parts, lambda email: member_key(email) in present), listed, run.tagged_now
+    )
+    # Members are members whatever the guards say about leavers: the tag goes back on.
+    writer.add_tags(tag, retag)
+    result: dict[str, Any] = {
+        "removed": 0,
+        "tagged": tagged,
+        "retagged": len(retag),
+        "held_by_other_pipelines": len(theirs),
+    }
     if decision.refused:
+        cleared = clear_present(tag, present, store)
         logger.warning("Mirror of tag '%s' removed nothing: %s", tag, decision.refused)
-        return {"removed": 0, "tagged": tagged, "skipped": decision.refused}
+        _log_retagged(logger, tag, retag, writer)
+        return {**result, "skipped": decision.refused, "stage_cleared": cleared}
     # Forget first: if the untag is applied but its answer is lost (the run then fails),
     # a member who comes back must be sent and tagged again, not skipped as unchanged.
     store.forget_tagged(tag, decision.remove)
     store.record_absences(tag, decision.staged, run_id)
+    # This pipeline now holds exactly this read's members (see the docstring).
+    store.drop_members(run.parts, lambda email: member_key(email) not in present)
     store.commit()
     writer.remove_tags(tag, decision.remove)
     verb = "lost" if writer.sends else "would lose"
     logger.info(
         "Mirror of tag '%s': %d of %d tagged contact(s) %s the tag; %d more absent, kept "
-        "until absent from %d complete run(s) in a row (mirror_confirm_runs)",
+        "until absent from %d complete run(s) in a row (mirror_confirm_runs); %d held by "
+        "other pipelines writing the tag",
         tag,
         len(decision.remove),
         tagged,
         verb,
         len(decision.staged),
         confirm_runs,
+        len(theirs),
     )
-    return {"removed": len(decision.remove), "tagged": tagged, "staged": len(decision.staged)}
+    _log_retagged(logger, tag, retag, writer)
+    return {**result, "removed": len(decision.remove), "staged": len(decision.staged)}
+
+
+def _log_retagged(logger: logging.Logger, tag: str, retag: list[str], writer: Writer) -> None:
+    if retag:
+        logger.info(
+            "Mirror of tag '%s': %d member(s) missing the tag in Omnisend %s it back",
+            tag,
+            len(retag),
+            "got" if writer.sends else "would get",
+        )

@@ -35,12 +35,12 @@ from target_omnisend.delivery import DeliveryEngine, Item
 from target_omnisend.dryrun import DryRunWriter
 from target_omnisend.email_schema import candidates_text, email_like_fields
 from target_omnisend.mapping import Rejection, get_path, merge_duplicate, normalize_email
-from target_omnisend.mirror import mirror_tag
+from target_omnisend.mirror import MirrorRun, clear_present, member_key, mirror_tag
 from target_omnisend.outcomes import Outcomes
 from target_omnisend.outputs import prepare_output_paths
 from target_omnisend.progress import ProgressReporter
 from target_omnisend.ratelimit import RateLimits
-from target_omnisend.seen import SeenEmails
+from target_omnisend.seen import SeenEmails, WrittenThisRun
 from target_omnisend.segments import SegmentKeeper, plan_segments
 from target_omnisend.settings import Settings
 from target_omnisend.store import FingerprintStore, ReadOnlyStore, account_scope, fingerprint
@@ -85,8 +85,13 @@ class RunPipeline:
         self._streams: dict[str, _Stream] = {}
         #: Mapped contacts of every stream, in input order, until the next drain.
         self._pending: list[Item] = []
-        #: Mirror only: who was in this run, per segment tag.
+        #: Mirror only: who was in this run, per segment tag (by `member_key`).
         self._seen: dict[str, SeenEmails] = {}
+        #: Mirror only: members tagged by this run's own tag calls, per segment tag (a
+        #: tag call is asynchronous in Omnisend: the listing may not show them yet).
+        self._tagged_now: dict[str, SeenEmails] = {}
+        #: Emails sent in this run, whatever the stream (see `WrittenThisRun`).
+        self._written = WrittenThisRun()
         self._mirror_results: dict[str, dict[str, Any]] = {}
         self._segment_results: list[dict[str, Any]] = []
         self._segment_requests = 0
@@ -161,6 +166,7 @@ class RunPipeline:
             stream = self._streams[name] = _Stream(tags, segment_tag, part, {})
             if self.settings.sync_mode == "mirror" and segment_tag:
                 self._seen.setdefault(segment_tag, SeenEmails())
+                self._tagged_now.setdefault(segment_tag, SeenEmails())
         return stream
 
     def read_in_full(self, name: str) -> None:
@@ -186,10 +192,9 @@ class RunPipeline:
             self._warn_if_email_field_is_wrong(name, record)
         seen = self._seen_for(name)
         if seen is not None and isinstance(record, dict):
-            mapping = self.settings.mapping
-            email = normalize_email(get_path(record, mapping.email_field), mapping.lowercase_emails)
+            email = normalize_email(get_path(record, self.settings.mapping.email_field))
             if not isinstance(email, Rejection):
-                seen.add(email)
+                seen.add(email)  # lower-cased: `member_key` whatever lowercase_emails says
 
     def _warn_if_email_field_is_wrong(self, name: str, record: Any) -> None:
         """Once, when the first `EMAIL_FIELD_HINT_AFTER` records of a stream all lack
@@ -239,12 +244,16 @@ class RunPipeline:
         )
         encode = self.client.encode_contact
         run_started_at = self.settings.mapping.run_started_at
+        default_date = self.settings.mapping.default_status_date
         carry = stream.carry
         unchanged = 0
         others = [other for other in self._streams.values() if other is not stream]
+        written = self._written if others else None  # one stream: nobody else wrote it
+        # Lower-cased emails already are their `member_key`: skip the second normalisation.
+        key = str if self.settings.mapping.lowercase_emails else member_key
         for item in items:
             if seen is not None:
-                seen.add(item.email)
+                seen.add(key(item.email))
             for other in others:  # an older version waits in another segment's carry:
                 if item.email in other.carry:  # it goes first, so this one lands after it
                     self._send(other, full_only=False)
@@ -253,7 +262,7 @@ class RunPipeline:
                 item.body = merge_duplicate(waiting.body, item.body)  # never a newer status
             item.payload = encode(item.body)
             if store is not None:
-                item.fingerprint = fingerprint(item.payload, run_started_at)
+                item.fingerprint = fingerprint(item.payload, run_started_at, default_date)
             previous = known.get(item.email)
             if waiting is not None:
                 self.outcomes.merged(name)
@@ -261,12 +270,16 @@ class RunPipeline:
                 previous is not None
                 and previous == item.fingerprint
                 and not self.writer.in_flight(item.email)
+                # Another stream wrote its version earlier in this run (a checkpoint may
+                # have confirmed it since): this stream's own fingerprint is stale then.
+                and (written is None or item.email not in written)
             ):
                 unchanged += 1
                 continue
             # Only contacts new to the segment cost a (slow, 60/min) tag call.
             item.tags = stream.tags if previous is None else ()
             carry[item.email] = item
+            self._written.add(item.email)
         if unchanged:
             self.outcomes.unchanged(name, unchanged)
         self._send(stream, full_only=True)
@@ -299,6 +312,12 @@ class RunPipeline:
             by_stream.setdefault(item.stream, []).append(item)
         for name, delivered in by_stream.items():
             self.outcomes.delivered(name, len(delivered))
+            stream = self._streams.get(name)
+            tagged_now = self._tagged_now.get(stream.segment_tag or "") if stream else None
+            if tagged_now is not None:
+                for item in delivered:
+                    if item.tags:
+                        tagged_now.add(member_key(item.email))
             part = self._streams[name].part if name in self._streams else None
             if self.store is not None and part is not None:
                 self.store.confirm(
@@ -362,13 +381,25 @@ class RunPipeline:
         for tag, names in by_tag.items():
             reason = self._mirror_refusal(names)
             if reason:
+                cleared = clear_present(tag, self._seen[tag], self.store) if self.store else 0
                 self.logger.warning("Mirror of tag '%s' removed nothing: %s", tag, reason)
-                self._mirror_results[tag] = {"removed": 0, "skipped": reason}
+                self._mirror_results[tag] = {
+                    "removed": 0,
+                    "retagged": 0,
+                    "skipped": reason,
+                    "stage_cleared": cleared,
+                }
                 continue
             assert self.store is not None  # _mirror_refusal checked it
-            self._mirror_results[tag] = mirror_tag(
+            run = MirrorRun(
                 tag,
+                streams=names,
+                parts=[part for n in names if (part := self._streams[n].part) is not None],
                 present=self._seen[tag],
+                tagged_now=self._tagged_now[tag],
+            )
+            self._mirror_results[tag] = mirror_tag(
+                run,
                 writer=self.writer,
                 store=self.store,
                 run_id=self.outcomes.run_id,

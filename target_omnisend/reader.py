@@ -44,6 +44,23 @@ def encode_state(state: Any) -> str:
     return serialize_json(state)
 
 
+def decode_json(line: str, where: str) -> Any:
+    """One JSON line as the SDK's reader would give it (exact `Decimal` numbers), fast
+    when msgspec takes it; an error names `where` (a line number), never the line."""
+    try:
+        return _FAST.decode(line)
+    except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
+        pass
+    try:
+        return deserialize_json(line, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputLine(f"{where} is not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        # Hundreds of nested levels: no tap writes a profile like that, and no part
+        # of the pipeline (validation, mapping, the rejected file) could handle it.
+        raise InvalidInputLine(f"{where} nests arrays/objects too deeply to be read") from None
+
+
 class SingerInput(SingerReader):
     """The SDK's reader, with errors that name a line number and never its content."""
 
@@ -65,10 +82,7 @@ class SingerInput(SingerReader):
                 yield line
 
     def deserialize_json(self, line: str) -> dict:
-        try:
-            message = _FAST.decode(line)
-        except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
-            message = self._stock_decode(line)
+        message = decode_json(line, f"line {self.line_number}")
         if not isinstance(message, dict):
             raise InvalidInputLine(
                 f"line {self.line_number} is a JSON {type(message).__name__}, not a message"
@@ -80,20 +94,6 @@ class SingerInput(SingerReader):
                 f"{type(kind).__name__}, not a string"
             )
         return message
-
-    def _stock_decode(self, line: str) -> Any:
-        try:
-            return deserialize_json(line, parse_int=_parse_int)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputLine(
-                f"line {self.line_number} is not JSON ({exc.msg} at column {exc.colno})"
-            ) from None
-        except RecursionError:
-            # Hundreds of nested levels: no tap writes a profile like that, and no part
-            # of the pipeline (validation, mapping, the rejected file) could handle it.
-            raise InvalidInputLine(
-                f"line {self.line_number} nests arrays/objects too deeply to be read"
-            ) from None
 
     def assert_line_requires(self, line_dict: dict, requires: set[str]) -> None:  # type: ignore[override]
         missing = sorted(requires - set(line_dict))

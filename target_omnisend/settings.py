@@ -33,7 +33,7 @@ from target_omnisend.config_schema import (
     setting,
 )
 from target_omnisend.errors import ConfigError
-from target_omnisend.mapping import STANDARD_ATTRIBUTES, MappingConfig
+from target_omnisend.mapping import STANDARD_ATTRIBUTES, MappingConfig, default_status_date
 
 __all__ = [
     "DEFAULT_SEGMENT_TAG",
@@ -105,7 +105,8 @@ class Settings:
         """What decides the contact body and tags; a change forgets all fingerprints."""
         material = json.dumps(
             {
-                "mapping": dataclasses.asdict(self.mapping) | {"run_started_at": None},
+                "mapping": dataclasses.asdict(self.mapping)
+                | {"run_started_at": None, "default_status_date": None},
                 "segment_tag": self.segment_tag,
                 "tags": self.tags,
                 "api_version": self.generation.name,
@@ -271,7 +272,8 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
     email_field = _default(config, "email_field")
 
     batch_size = int(_number(config, "batch_size"))
-    started = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started_at = now or dt.datetime.now(dt.timezone.utc)
+    started = started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     mapping = MappingConfig(
         email_field=email_field,
         field_mapping=field_mapping,
@@ -281,6 +283,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         status_timestamp_field=config.get("status_timestamp_field") or None,
         send_welcome_message=bool(_default(config, "send_welcome_message")),
         run_started_at=started,
+        default_status_date=default_status_date(started_at),
         lowercase_emails=_flag(config, "lowercase_emails"),
         clear_missing_values=_flag(config, "clear_missing_values"),
     )

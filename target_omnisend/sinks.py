@@ -116,6 +116,10 @@ class ContactsSink(BatchSink):
 
     def process_batch(self, context: dict) -> None:
         """A drain: the run pipeline diffs, batches and delivers what is pending (of every
-        stream, in input order); the target checkpoints through it before every STATE."""
-        del context
+        stream, in input order); the target checkpoints through it before every STATE.
+        Records of BATCH messages never arrive here as `context["records"]` (the SDK's
+        route): the target reads them as RECORDs (`batchfiles.py`). Should any caller
+        still pass raw records, the run stops rather than drop them."""
+        if context.get("records"):
+            raise RuntimeError("raw batch records reached the sink unmapped; none were sent")
         self.pipeline.hand_over_pending()

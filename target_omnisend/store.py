@@ -28,9 +28,11 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from target_omnisend.mapping import NEW_CONTACT_STATUS_DATE
 
 _CHUNK = 500  # SQLite's default limit on host parameters is 999 (older builds)
 #: Confirmed fingerprints held before a delivery thread writes them itself (~1 MB).
@@ -65,11 +67,15 @@ class StoreUnusable(Exception):
     """The store file exists but is not a store this target can read (or stays locked)."""
 
 
-def fingerprint(payload: str, run_started_at: str) -> bytes:
+def fingerprint(payload: str, run_started_at: str, default_status_date: str = "") -> bytes:
     """Of the exact JSON sent (bodies are built in a fixed key order, so equal contacts
     give equal text). Stable across runs: the run's own timestamp (used for undated
-    explicit statuses) must not make every contact look changed."""
+    explicit statuses) must not make every contact look changed, nor the default
+    status's date, which moves back at every run (`mapping.default_status_date`); it
+    reads as the fixed date earlier releases sent, so their fingerprints still match."""
     text = payload.replace(run_started_at, "<run>")
+    if default_status_date:
+        text = text.replace(default_status_date, NEW_CONTACT_STATUS_DATE)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
@@ -264,6 +270,80 @@ class FingerprintStore:
                 ((self.scope, tag, email, runs, run_id) for email, runs in counts.items()),
             )
 
+    # -- membership across pipelines (issue 19) ----------------------------------------
+    # Portable SQL only (no INSERT OR REPLACE): these carry over to any backend as is.
+
+    def members(self, parts: Sequence[str], keep: Callable[[str], bool]) -> list[str]:
+        """Emails confirmed in these partitions (the contacts Omnisend holds for them, as
+        sent) for which `keep` is true; read in one pass, only the kept ones held."""
+        kept: list[str] = []
+        with self._lock:
+            self._flush()
+            for part in parts:
+                cursor = self._db.execute(
+                    "SELECT email FROM contact_fingerprints WHERE part = ?", (part,)
+                )
+                kept.extend(email for (email,) in cursor if keep(email))
+        return kept
+
+    def drop_members(self, parts: Sequence[str], drop: Callable[[str], bool]) -> None:
+        """Forget the rows of these partitions for which `drop` is true: after a trusted
+        complete read, a pipeline holds exactly that read's members (see `mirror.py`)."""
+        gone = [(part, email) for part in parts for email in self.members([part], drop)]
+        if not gone:
+            return
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "DELETE FROM contact_fingerprints WHERE part = ? AND email = ?", gone
+            )
+
+    def held_elsewhere(self, tag: str, streams: Sequence[str], emails: Sequence[str]) -> set[str]:
+        """Of `emails`, those another pipeline writing `tag` holds: confirmed in a
+        partition of this account whose members carry the tag, of a stream not among
+        `streams` (this pipeline's own partitions, older mappings included, are not
+        another pipeline). Compared as spelled and lower-cased (the safe direction)."""
+        with self._lock:
+            parts = [
+                part
+                for part, stream, tags in self._db.execute(
+                    "SELECT part, stream, tags FROM partitions WHERE scope = ?", (self.scope,)
+                ).fetchall()
+                if stream not in streams and tag in tags.split("\0")
+            ]
+        if not parts or not emails:
+            return set()
+        spellings: dict[str, list[str]] = {}
+        for email in emails:
+            for spelling in {email, email.strip().lower()}:
+                spellings.setdefault(spelling, []).append(email)
+        found: set[str] = set()
+        sql = "SELECT email FROM contact_fingerprints WHERE part = ? AND email IN ({marks})"
+        for part in parts:
+            for (spelling,) in self._select(sql, (part,), list(spellings)):
+                found.update(spellings[spelling])
+        return found
+
+    def staged(self, tag: str) -> list[str]:
+        """Every member of `tag` with a staged removal."""
+        with self._lock:
+            return [
+                email
+                for (email,) in self._db.execute(
+                    "SELECT email FROM mirror_absences WHERE scope = ? AND tag = ?",
+                    (self.scope, tag),
+                )
+            ]
+
+    def clear_absences(self, tag: str, emails: Sequence[str]) -> None:
+        """These members are present again: their staged removals are void."""
+        if not emails:
+            return
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "DELETE FROM mirror_absences WHERE scope = ? AND tag = ? AND email = ?",
+                ((self.scope, tag, email) for email in emails),
+            )
+
     # -- saved segments -----------------------------------------------------------------
 
     def saved_segment(self, name: str) -> tuple[str, str, tuple[str, ...]] | None:
@@ -339,6 +419,12 @@ class ReadOnlyStore(FingerprintStore):
 
     def record_absences(self, tag: str, counts: dict[str, int], run_id: str) -> None:
         del tag, counts, run_id
+
+    def drop_members(self, parts: Sequence[str], drop: Callable[[str], bool]) -> None:
+        del parts, drop
+
+    def clear_absences(self, tag: str, emails: Sequence[str]) -> None:
+        del tag, emails
 
     def remember_segment(
         self, name: str, segment_id: str, tag: str, streams: Sequence[str]

@@ -22,6 +22,7 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
 from target_omnisend.api import LATEST_VERSION
+from target_omnisend.batchfiles import batch_records
 from target_omnisend.config_schema import CONFIG_SCHEMA
 from target_omnisend.pipeline import RunPipeline
 from target_omnisend.privacy import one_line_error, secrets_in_use
@@ -129,6 +130,16 @@ class TargetOmnisend(Target):
         for stream_map in self.mapper.stream_maps.get(message_dict["stream"], []):
             if not isinstance(stream_map, RemoveRecordTransform):  # a stream mapped away
                 self.pipeline.read_in_full(stream_map.stream_alias)
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        """Records of a BATCH message take the RECORD path, one by one (stream maps,
+        validation, mapping, counters, drains): the SDK's own route hands whole files
+        to the sink unvalidated and unmapped. See `batchfiles.py`."""
+        self._assert_line_requires(message_dict, requires={"stream", "encoding", "manifest"})
+        stream = message_dict["stream"]
+        where = f"line {getattr(self.message_reader, 'line_number', '?')} (BATCH)"
+        for record in batch_records(message_dict, where):
+            self._process_record_message({"type": "RECORD", "stream": stream, "record": record})
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()

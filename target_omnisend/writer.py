@@ -38,6 +38,9 @@ class Writer(Protocol):
     def remove_tags(self, tag: str, emails: list[str]) -> None:
         """Take `tag` off these contacts (≤ 250)."""
 
+    def add_tags(self, tag: str, emails: list[str]) -> None:
+        """Put `tag` back on these contacts (mirror's repair of members missing it)."""
+
     def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
         """POST /segments once (never repeated blindly); the segment, or None if nothing
         was sent. Raises `AmbiguousWrite` when Omnisend may or may not have created it."""
@@ -87,6 +90,10 @@ class OmnisendWriter:
     def remove_tags(self, tag: str, emails: list[str]) -> None:
         for chunk in tag_calls(emails):
             self.client.remove_tags([tag], chunk)
+
+    def add_tags(self, tag: str, emails: list[str]) -> None:
+        for chunk in tag_calls(emails):
+            self.client.add_tags([tag], chunk)
 
     def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
         return self.client.create_segment(body)

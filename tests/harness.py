@@ -38,6 +38,23 @@ class Run:
         return self.stdout + self.stderr
 
 
+class DefaultStatusDate:
+    """Equal to any date the default status (`email_status`) is sent with: the run's own
+    (`mapping.default_status_date`), older for every later run, never after the fixed
+    2000-01-01 of earlier releases."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and "1970-01-01" <= other <= "2000-01-01T00:00:00Z"
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "<a default status date, 1970..2000-01-01>"
+
+
+DEFAULT_STATUS_DATE = DefaultStatusDate()
+
+
 def encode(messages: Iterable[dict[str, Any] | str]) -> bytes:
     lines = [m if isinstance(m, str) else json.dumps(m, ensure_ascii=False) for m in messages]
     return ("\n".join(lines) + ("\n" if lines else "")).encode()

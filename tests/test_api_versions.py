@@ -24,7 +24,14 @@ from target_omnisend.api import GENERATIONS
 from target_omnisend.client import OmnisendClient
 from target_omnisend.ratelimit import RateLimits
 from tests.conftest import API_KEY
-from tests.harness import read_jsonl, run_target, sample_records, segment_messages, stored_email
+from tests.harness import (
+    DEFAULT_STATUS_DATE,
+    read_jsonl,
+    run_target,
+    sample_records,
+    segment_messages,
+    stored_email,
+)
 from tests.omnisend_server import FaultRule, OmnisendServer
 from tests.test_cli import expected_emails
 
@@ -135,7 +142,7 @@ def test_segment_is_delivered_with_item_refusals_under_each_generation(
     leaver = email_channel(server.contact("leaver@example.com"))
     assert (leaver["status"], leaver["statusChangedAt"]) == ("unsubscribed", "2026-01-02T03:04:05Z")
     new = email_channel(server.contact("rossi0@shop.example.net"))
-    assert (new["status"], new["statusChangedAt"]) == ("nonSubscribed", "2000-01-01T00:00:00Z")
+    assert (new["status"], new["statusChangedAt"]) == ("nonSubscribed", DEFAULT_STATUS_DATE)
 
     tagged = {stored_email(c) for c in server.contacts() if "segment:vip_buyers" in c["tags"]}
     warnings = [line for line in run.stderr.splitlines() if "segment_tag" in line]

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO, run_target, stored_email
+from tests.harness import DEFAULT_STATUS_DATE, REPO, run_target, stored_email
 from tests.omnisend_server import OmnisendServer
 
 pytestmark = pytest.mark.e2e
 
 CORPUS = REPO / "tests" / "data_files" / "bad_input"
 PROPERTIES = ("seen", "points", "ltv", "big", "profile", "note", "bio")
-NO_STATUS = ("nonSubscribed", "2000-01-01T00:00:00Z")
+NO_STATUS = ("nonSubscribed", DEFAULT_STATUS_DATE)
 STATUS_IGNORED = "status date is missing, unreadable or in the future: status ignored"
 
 

@@ -153,12 +153,24 @@ def test_mirror_on_a_partial_read_stages_and_a_complete_read_clears_the_stage(
     died = run_target(store_config, scenario("tap_died_at_60_percent.singer"), workdir=tmp_path)
     assert died.returncode == 0, died.stderr[-2000:]
     assert tagged(server) == members(0, 100), "one partial read removed members"
-    assert summary(store_config)["mirror"][TAG] == {"removed": 0, "tagged": 100, "staged": 40}
+    assert summary(store_config)["mirror"][TAG] == {
+        "removed": 0,
+        "tagged": 100,
+        "staged": 40,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
 
     # The next night the tap reads everything: the staged 40 are present, stage cleared.
     full = run_target(store_config, scenario("full_read_100.singer"), workdir=tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
-    assert summary(store_config)["mirror"][TAG] == {"removed": 0, "tagged": 100, "staged": 0}
+    assert summary(store_config)["mirror"][TAG] == {
+        "removed": 0,
+        "tagged": 100,
+        "staged": 0,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
     # And a later partial read starts counting from zero again.
     died = run_target(store_config, scenario("tap_died_at_60_percent.singer"), workdir=tmp_path)
     assert died.returncode == 0, died.stderr[-2000:]
@@ -177,7 +189,13 @@ def test_mirror_acts_per_tag_over_every_stream_that_writes_it(
         run = run_target(store_config, data, workdir=tmp_path)
         assert run.returncode == 0, run.stderr[-2000:]
         assert tagged(server) == members(0, 20)
-    assert summary(store_config)["mirror"][TAG] == {"removed": 0, "tagged": 20, "staged": 0}
+    assert summary(store_config)["mirror"][TAG] == {
+        "removed": 0,
+        "tagged": 20,
+        "staged": 0,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
 
 
 # -- 6. two pipelines, one store ----------------------------------------------------
@@ -213,7 +231,13 @@ def test_members_whose_record_was_rejected_keep_the_tag(
     rejected = read_jsonl(Path(store_config["rejected_records_path"]))
     assert [r["code"] for r in rejected] == ["schema_invalid"] * 3
     assert tagged(server) == members(0, 20)
-    assert summary(store_config)["mirror"][TAG] == {"removed": 0, "tagged": 20, "staged": 0}
+    assert summary(store_config)["mirror"][TAG] == {
+        "removed": 0,
+        "tagged": 20,
+        "staged": 0,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
 
 
 # -- 8. latest version wins ----------------------------------------------------------

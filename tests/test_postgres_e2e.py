@@ -622,3 +622,56 @@ def test_readme_postgres_example_runs_as_written_under_meltano(
         cluster.psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE);")
         with contextlib.suppress(AssertionError):
             cluster.psql("postgres", "DROP ROLE IF EXISTS segments;")
+
+
+def test_a_tap_sending_batch_messages_delivers_the_same_segment_and_mirror_keeps_it(
+    cluster: Cluster, tap: Path, server: OmnisendServer, tmp_path: Path
+) -> None:
+    """tap-postgres with `batch_config` sends the view's rows as BATCH messages pointing
+    at gzipped JSONL files: the target delivers exactly the same segment as from RECORD
+    messages, rejects the same rows, emits STATE, and a mirror re-run untags nobody."""
+    tap_cfg = tap_config(cluster, tmp_path)
+    catalog = discover(tap, tap_cfg, tmp_path)
+    batches = tmp_path / "batches"
+    settings = json.loads(tap_cfg.read_text())
+    settings["batch_config"] = {
+        "encoding": {"format": "jsonl", "compression": "gzip"},
+        "storage": {"root": batches.as_uri(), "prefix": "vip-"},
+        "batch_size": 50,
+    }
+    tap_cfg.write_text(json.dumps(settings))
+    target_cfg = {
+        "api_key": API_KEY,
+        "api_url": server.url,
+        "rejected_records_path": str(tmp_path / "rejected.jsonl"),
+        "fingerprint_store_path": str(tmp_path / "fingerprints.sqlite"),
+        "summary_path": str(tmp_path / "summary.json"),
+        "batch_poll_interval": 0.05,
+        "sync_mode": "mirror",
+        "mirror_trigger": "end_of_input",
+        "mirror_confirm_runs": 1,
+    }
+    tap_code, code, out, err = run_pipeline(tap, tap_cfg, catalog, target_cfg, tmp_path)
+    assert tap_code == 0, (tmp_path / "tap.log").read_text()[-3000:]
+    assert code == 0, err[-3000:]
+    assert len(list(batches.glob("vip-*.json.gz"))) > 1, "the tap sent no BATCH messages"
+
+    view = cluster.rows("shop", "SELECT customer_id, email FROM vip_buyers")
+    emails = {int(r["customer_id"]): r["email"] or None for r in view}
+    broken_ids = {cid for cid, email in emails.items() if is_broken(email)}
+    deliverable = {e.strip().lower() for cid, e in emails.items() if cid not in broken_ids}
+    assert sorted(stored_email(c) for c in server.contacts()) == sorted(deliverable)
+    rejected = read_jsonl(tmp_path / "rejected.jsonl")
+    assert {r["record"]["customer_id"] for r in rejected} == broken_ids
+    counts = json.loads((tmp_path / "summary.json").read_text())["streams"][STREAM]
+    assert counts["received"] == len(view)
+    assert any(json.loads(line).get("bookmarks") for line in out.splitlines() if line.strip())
+    tag = f"segment:{STREAM}"
+    tagged = {stored_email(c) for c in server.contacts() if tag in c["tags"]}
+    assert tagged == deliverable
+
+    again = run_pipeline(tap, tap_cfg, catalog, target_cfg, tmp_path)
+    assert again[:2] == (0, 0), again[3][-3000:]
+    assert {stored_email(c) for c in server.contacts() if tag in c["tags"]} == deliverable
+    result = json.loads((tmp_path / "summary.json").read_text())["mirror"][tag]
+    assert (result["removed"], result["staged"]) == (0, 0)

@@ -86,7 +86,13 @@ def test_rerun_sends_only_changes_and_mirror_untags_exactly_the_leavers(
     # One complete-looking read is no proof (the tap may have died): removals are staged.
     assert tagged(server) == {r["email"] for r in second} | leavers
     summary = json.loads(Path(seg_config["summary_path"]).read_text())
-    assert summary["mirror"][TAG] == {"removed": 0, "tagged": 303, "staged": 3}
+    assert summary["mirror"][TAG] == {
+        "removed": 0,
+        "tagged": 303,
+        "staged": 3,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
     assert "received=300 delivered=6 rejected=0 unchanged=294" in run.stderr
 
     # The next night they are still absent: now they lose the tag.
@@ -101,7 +107,13 @@ def test_rerun_sends_only_changes_and_mirror_untags_exactly_the_leavers(
     assert "received=300 delivered=0 rejected=0 unchanged=300" in run.stderr
     summary = json.loads(Path(seg_config["summary_path"]).read_text())
     assert summary["streams"]["vip"]["unchanged"] == 300
-    assert summary["mirror"][TAG] == {"removed": 3, "tagged": 303, "staged": 0}
+    assert summary["mirror"][TAG] == {
+        "removed": 3,
+        "tagged": 303,
+        "staged": 0,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
 
 
 def test_mirror_refuses_when_the_read_was_incremental(

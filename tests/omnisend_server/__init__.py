@@ -55,6 +55,12 @@ Batches:
   `errorsCount: 0`, with `finishedCount < totalCount` (the skipped item stays `pending`,
   its contact unwritten). One batch at a time: `FaultRule(kind="batch_short")`.
 
+Contacts:
+- `status_ties` → `--status-ties` ("later_wins"): Omnisend keeps the email status with
+  the latest `statusChangedAt` (documented: an older one leaves the status alone); a
+  write dated exactly like the held status wins ("later_wins") or leaves it
+  ("held_wins") — not documented, so the target must be right under both.
+
 Segments (2026-03-15 only; v5 answers 404):
 - `segment_writes_per_minute` → `--segment-writes-rpm` (15; POST/PUT) and
   `segment_reads_per_minute` → `--segment-reads-rpm` (100; GET/DELETE).

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--latency", type=_pair, default=(0.0, 0.0), help="MIN,MAX seconds")
     add("--batch-delay", type=float, default=0.0)
     add("--seed", type=int, default=0)
+    add(
+        "--status-ties",
+        choices=("later_wins", "held_wins"),
+        default="later_wins",
+        help="which status stays when a write's statusChangedAt equals the held one",
+    )
     limits = parser.add_argument_group("rate limits").add_argument
     limits("--rate-limit-window", choices=("sliding", "fixed"), default="sliding")
     limits(

@@ -170,6 +170,7 @@ class OmnisendServer:
         api_key_scopes: Mapping[str, Iterable[str]] | None = None,
         slow_segment_posts: int = 0,
         slow_segment_post_seconds: float = 11.0,
+        status_ties: str = "later_wins",
     ) -> None:
         scopes = {key: frozenset(granted) for key, granted in (api_key_scopes or {}).items()}
         keys = tuple(dict.fromkeys([*api_keys, *scopes]))
@@ -183,7 +184,9 @@ class OmnisendServer:
         self.latency = (float(latency[0]), float(latency[1]))
         self._latency_rng = random.Random(seed + 1)
         self._latency_lock = threading.Lock()
-        self._store = Store(keys, seed, tag_history_seconds=segment_stats_lag)
+        self._store = Store(
+            keys, seed, tag_history_seconds=segment_stats_lag, status_ties=status_ties
+        )
         self._faults = FaultBook(seed)
         self._standing = self._standing_faults(slow_segment_posts, slow_segment_post_seconds)
         self._limiter = RateLimiter(

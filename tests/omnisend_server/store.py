@@ -153,13 +153,25 @@ def email_status(contact: Contact) -> str | None:
     return ident["channels"]["email"]["status"] if ident else None
 
 
+#: Who wins when a status write carries the same `statusChangedAt` as the held status
+#: (Omnisend documents only that an older timestamp leaves the status alone).
+STATUS_TIES = ("later_wins", "held_wins")
+
+
 class Store:
     """Accounts keyed by API key. Callers hold `lock` around anything that must be atomic."""
 
     def __init__(
-        self, api_keys: tuple[str, ...], seed: int = 0, tag_history_seconds: float = 0.0
+        self,
+        api_keys: tuple[str, ...],
+        seed: int = 0,
+        tag_history_seconds: float = 0.0,
+        status_ties: str = "later_wins",
     ) -> None:
+        if status_ties not in STATUS_TIES:
+            raise ValueError(f"status_ties must be one of {STATUS_TIES}")
         self.lock = threading.RLock()
+        self.status_ties = status_ties
         self.new_id: Callable[..., str] = IdFactory(seed)
         self.accounts = {key: Account(key) for key in api_keys}
         self.seed = seed
@@ -285,8 +297,10 @@ class Store:
         elif write.status is not None:
             channel = entry["channels"][channel_name]
             stamp = write.changed_at or now
-            if parse_timestamp(stamp) >= parse_timestamp(channel["statusChangedAt"]):
-                channel["status"] = write.status  # the latest timestamp wins
+            new, held = parse_timestamp(stamp), parse_timestamp(channel["statusChangedAt"])
+            # Documented: the latest timestamp wins. Not documented: a tie (the knob).
+            if new > held or (new == held and self.status_ties == "later_wins"):
+                channel["status"] = write.status
                 channel["statusChangedAt"] = stamp
         if write.consent is not None:
             entry["consent"] = write.consent
