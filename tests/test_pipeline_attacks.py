@@ -32,6 +32,7 @@ from tests.harness import (
     stored_email,
 )
 from tests.omnisend_server import FaultRule, OmnisendServer
+from tests.test_omnisend_server import eventually
 
 DATA = Path(__file__).parent / "data_files" / "attacks"
 TAG = "segment:vip"
@@ -91,8 +92,9 @@ def full_read(
 
 
 def tagged(server: OmnisendServer, tag: str = TAG) -> set[str]:
-    """Who carries `tag`, once tag calls already answered (202) have been applied."""
-    time.sleep(0.1)
+    """Who carries `tag`, once every tag call the target sent has been applied (Omnisend
+    answers 202 and applies it later)."""
+    assert server.settle(), "the server still had requests or writes pending after 10 s"
     return {stored_email(c) for c in server.contacts() if tag in (c.get("tags") or [])}
 
 
@@ -440,7 +442,6 @@ def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states
             outcomes.append(code)
             errors = [line for line in stderr.splitlines() if "ERROR" in line]
             assert len(errors) == (0 if code == 0 else 1), f"{where}: {errors}"
-            time.sleep(0.5)  # tag calls are asynchronous (202): applied after batch_delay
             for earned in states:
                 covered = members(0, earned["upto"] + 1)
                 assert covered <= tagged(slow), f"{where}: STATE {earned} covers unsent records"
@@ -448,7 +449,6 @@ def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states
             start = states[-1]["upto"] + 1 if states else 0
             rerun = [schema(), *(record(i) for i in range(start, 300)), state({"upto": 299})]
             ok(run_target(config, rerun, workdir=workdir, timeout=60))
-            time.sleep(0.5)
             assert tagged(slow) == members(0, 300), where
     # The moments were spread: some runs were cancelled, some finished first.
     assert 0 in outcomes and {130, 143} & set(outcomes), outcomes
@@ -507,7 +507,7 @@ def test_the_newest_record_of_an_email_wins_across_two_streams_and_drains(
     ]
     ok(run_target(config, messages, workdir=tmp_path))
     assert server.contact(email(0))["customProperties"]["tier"] == "gold"
-    time.sleep(0.3)  # tag calls are asynchronous
+    assert server.settle()  # tag calls are asynchronous: applied after their 202
     assert sorted(server.contact(email(0))["tags"]) == ["segment:a", "segment:b"]
     # Unchanged in b's partition, yet a's newer version is waiting: gold must still win.
     messages[3:5] = [record(0, "a", "silver"), record(0, "b", "gold")]
@@ -780,18 +780,17 @@ def test_a_signal_during_mirror_ends_in_one_line_and_returning_members_are_tagge
     proc = _start(mirror_config, encode(full_read(range(5))), tmp_path / "cancelled")
     assert proc.stdout is not None
     assert json.loads(proc.stdout.readline()) == {"bookmarks": {"vip": {"rows": 5}}}
-    time.sleep(1.0)  # listing the tag is quick; the untag takes 3 s to be answered
+    # The untag has reached Omnisend (and is applied); its answer takes 3 s.
+    assert eventually(lambda: server.fault_hits()[0][1] == 1)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr.decode()[-2000:]
     assert stdout == b""
     errors = [line for line in stderr.decode().splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "cancelled" in errors[0]
+    assert tagged(server) == members(0, 5)  # once the untag under way has been answered
     server.clear_faults()
-    time.sleep(3.5)  # the untag that was under way lands
-    assert tagged(server) == members(0, 5)
     ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
-    time.sleep(0.2)
     assert tagged(server) == members(0, 10)
 
 
@@ -807,10 +806,17 @@ def test_a_signal_while_rejections_are_being_logged_ends_in_one_line(
     rng = random.Random(7)
     for trial in range(4):
         proc = _start({**config, "fingerprint_store_path": ""}, payload, tmp_path / f"t{trial}")
-        time.sleep(rng.uniform(1.0, 2.0))
+        assert proc.stderr is not None
+        # Signal once the k-th rejection is logged: the reading thread is then logging.
+        wanted, logged, before = rng.randint(1, 3000), 0, []
+        while logged < wanted:
+            line = proc.stderr.readline()
+            assert line, b"".join(before).decode()[-1000:]
+            before.append(line)
+            logged += b"WARNING" in line
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-        text = err.decode()
+        text = b"".join(before).decode() + err.decode()
         assert proc.returncode == 143, text[-1000:]
         assert "Traceback" not in text and "Logging error" not in text
         assert len([line for line in text.splitlines() if "ERROR" in line]) == 1
@@ -822,13 +828,11 @@ def test_one_stream_mapped_into_two_segments_is_mirrored_as_two_full_reads(
     """stream_maps copies `vip` into `vip_copy`; the one ACTIVATE_VERSION covers both."""
     store_config = {**segments_config, "stream_maps": {"vip_copy": {"__source__": "vip"}}}
     ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
-    time.sleep(0.2)
     for tag in ("segment:vip", "segment:vip_copy"):
         assert tagged(server, tag) == members(0, 10), tag
     ok(run_target(store_config, full_read(range(8)), workdir=tmp_path))
     for tag in ("segment:vip", "segment:vip_copy"):
         assert tagged(server, tag) == members(0, 8), tag
     ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
-    time.sleep(0.2)
     for tag in ("segment:vip", "segment:vip_copy"):
         assert tagged(server, tag) == members(0, 10), tag
