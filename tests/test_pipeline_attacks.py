@@ -781,7 +781,7 @@ def test_a_signal_during_mirror_ends_in_one_line_and_returning_members_are_tagge
     assert proc.stdout is not None
     assert json.loads(proc.stdout.readline()) == {"bookmarks": {"vip": {"rows": 5}}}
     # The untag has reached Omnisend (and is applied); its answer takes 3 s.
-    assert eventually(lambda: server.fault_hits()[0][1] >= 1)
+    assert eventually(lambda: server.fault_hits()[0][1] >= 1, timeout=30)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr.decode()[-2000:]

@@ -411,7 +411,9 @@ class OmnisendServer:
         """Once the client is gone: wait until every request it sent has been answered
         (so the request log is complete) and every asynchronous write accepted so far
         (batches, tag calls) has been applied, as Omnisend does eventually. False when
-        `timeout` passes first, e.g. while a client still holds a connection open."""
+        `timeout` passes first, e.g. while a client still holds a connection open. (A
+        killed client's connection still waiting to be accepted is not waited for: that
+        client never saw an answer to it.)"""
         deadline = time.monotonic() + timeout
         while True:
             with self._conn_lock:
