@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +365,12 @@ def test_the_same_member_in_two_segments_loses_only_the_tag_of_the_one_it_left(
 # -- cancel -------------------------------------------------------------------------------
 
 
+#: Requests a whole run of `_slow_tap`'s 300 members makes at least, with the cancel
+#: tests' config: the key check, 6 batch posts, 2 or more list reads, 2 tag calls and 3
+#: segment calls.
+REQUESTS_PER_RUN = 15
+
+
 def _slow_tap(stdin: Any, count: int, every: int, pause: float) -> None:
     """A tap that reads for a while: `every` records, a STATE ({"upto": last index}),
     a pause, and so on; it stops quietly when the target is gone."""
@@ -382,9 +388,22 @@ def _slow_tap(stdin: Any, count: int, every: int, pause: float) -> None:
             stdin.close()
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has its own handler for `signum` (Linux: SigCgt in
+    /proc/<pid>/status). Before that, a signal is the interpreter's business."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    [mask] = [line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")]
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
 def _cancel_after(
-    config: dict[str, Any], delay: float, signum: int, workdir: Path
+    config: dict[str, Any], moment: Callable[[int], bool], signum: int, workdir: Path
 ) -> tuple[int, list[dict[str, Any]], str]:
+    """Run the target on a slow tap and signal it at `moment`: once that event has
+    happened for the target's pid, or the run has ended."""
     (workdir / "config.json").write_text(json.dumps(config))
     with (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
         proc = subprocess.Popen(
@@ -396,8 +415,8 @@ def _cancel_after(
         )
         tap = threading.Thread(target=_slow_tap, args=(proc.stdin, 300, 30, 0.08))
         tap.start()
-        time.sleep(delay)
-        proc.send_signal(signum)
+        assert eventually(lambda: moment(proc.pid) or proc.poll() is not None, timeout=60)
+        proc.send_signal(signum)  # (nothing, if the run has ended)
         proc.wait(timeout=120)
         tap.join()
     stdout = (workdir / "stdout").read_text()
@@ -408,10 +427,12 @@ def _cancel_after(
 def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states(
     tmp_path: Path,
 ) -> None:
-    """20 cancels at seeded random moments (start-up, mid-read, waiting for a batch slot,
-    checkpoints, the end): exit 128+signal (or a clean finish when the signal came after
-    the end), one ERROR line, and every STATE printed covers only members Omnisend holds
-    *and* has tagged. A re-run from the last STATE then completes the segment."""
+    """20 cancels at seeded random moments, each after the k-th request Omnisend has
+    answered (k = 0: at start-up, once the target handles signals; then mid-read,
+    waiting for a batch slot, checkpoints, the end): exit 128+signal (or a clean finish
+    when the signal came after the end), one ERROR line, and every STATE printed covers
+    only members Omnisend holds *and* has tagged. A re-run from the last STATE then
+    completes the segment."""
     rng = random.Random(14)
     outcomes: list[int] = []
     with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.15, latency=(0.0, 0.02)) as slow:
@@ -431,9 +452,18 @@ def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states
                 "fingerprint_store_path": str(workdir / "fingerprints.sqlite"),
             }
             signum = rng.choice([signal.SIGTERM, signal.SIGINT])
-            delay = rng.uniform(0.0, 2.5)
-            code, states, stderr = _cancel_after(config, delay, signum, workdir)
-            where = f"trial {trial}: {signal.Signals(signum).name} after {delay:.2f}s"
+            k = rng.randint(0, REQUESTS_PER_RUN + 1)  # the last: once the run has ended
+            code, states, stderr = _cancel_after(
+                config,
+                lambda pid: (
+                    catches(pid, signal.SIGTERM)
+                    and slow.count() >= k  # noqa: B023
+                    and k <= REQUESTS_PER_RUN  # noqa: B023
+                ),
+                signum,
+                workdir,
+            )
+            where = f"trial {trial}: {signal.Signals(signum).name} after {k} requests"
             assert "Traceback" not in stderr, where
             if code == -signum:  # the signal came while the finished process was exiting
                 assert "Run finished" in stderr, f"{where}: killed\n{stderr[-2000:]}"
@@ -454,14 +484,16 @@ def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states
     assert 0 in outcomes and {130, 143} & set(outcomes), outcomes
 
 
-@pytest.mark.parametrize("delay", [0.12, 0.3])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_start_up_ends_the_run_in_one_line(
-    tmp_path: Path, config: dict[str, Any], delay: float, signum: int
+    tmp_path: Path, config: dict[str, Any], signum: int
 ) -> None:
-    """While Python imports the SDK (before any handler of the SDK's exists). The first
-    few tens of milliseconds, while the interpreter itself starts, are Python's own."""
-    code, states, stderr = _cancel_after(config, delay, signum, tmp_path)
+    """As soon as the target handles signals (its first statement), while Python imports
+    the SDK and before any handler of the SDK's exists. The moments before that, while
+    the interpreter itself starts, are Python's own."""
+    code, states, stderr = _cancel_after(
+        config, lambda pid: catches(pid, signal.SIGTERM), signum, tmp_path
+    )
     assert code == 128 + signum, stderr
     assert states == []
     assert "Traceback" not in stderr
