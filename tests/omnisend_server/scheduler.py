@@ -45,6 +45,7 @@ class Scheduler:
         with self._cond:
             self._heap.clear()
             self._generation += 1
+            self._cond.notify_all()  # `wait_for_scheduled` has nothing left to wait for
 
     def call_later(self, delay: float, job: Callable[[], None]) -> None:
         with self._cond:
