@@ -30,6 +30,8 @@ def scenario(name: str) -> bytes:
 
 
 def tagged(server: OmnisendServer, tag: str = TAG) -> set[str]:
+    """Who carries `tag` once the tag calls Omnisend accepted (202) have been applied."""
+    assert server.settle(), "the server still had requests or writes pending after 10 s"
     return {stored_email(c) for c in server.contacts() if tag in (c.get("tags") or [])}
 
 
