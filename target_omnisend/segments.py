@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +37,6 @@ COUNT_NOTE = (
     "Omnisend's count; it follows tag changes after up to about a minute, so it may not "
     "include this run's changes yet"
 )
-#: Pause before the one extra PUT after Omnisend kept answering 409 (segment building).
-BUILDING_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -148,14 +145,12 @@ class SegmentKeeper:
         *,
         overwrite: bool,
         logger: logging.Logger,
-        building_wait: float = BUILDING_WAIT_SECONDS,
     ) -> None:
         self.client = client
         self.writer = writer
         self.store = store
         self.overwrite = overwrite
         self.logger = logger
-        self.building_wait = building_wait
         #: Every segment of the account, listed once per run and only if needed.
         self._listing: list[SavedSegment] | None = None
 
@@ -284,16 +279,11 @@ class SegmentKeeper:
 
     def _replace(self, segment: SavedSegment, plan: SegmentPlan) -> SavedSegment | None:
         """PUT (a full replace, safe to repeat). Omnisend answers 409 while a segment is
-        building: the client backs off (bounded) on its own; if a 409 still comes back,
-        one more try after a pause, else the caller warns."""
-        body = tag_segment_body(plan.name, plan.tag)
-        try:
-            return self.writer.replace_segment(segment.segment_id, body)
-        except RequestRefused as exc:
-            if exc.status != 409:
-                raise
-        time.sleep(self.building_wait)
-        return self.writer.replace_segment(segment.segment_id, body)
+        building: the client retries it like a 5xx, with bounded backoff, and a 409 that
+        outlasts `max_retries` ends as a `DeliveryError` the caller turns into a warning."""
+        return self.writer.replace_segment(
+            segment.segment_id, tag_segment_body(plan.name, plan.tag)
+        )
 
     def _remember(self, plan: SegmentPlan, segment_id: str, made_for: str) -> None:
         if self.store is not None:

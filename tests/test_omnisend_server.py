@@ -703,12 +703,15 @@ def test_batch_stopped_fault_processes_only_the_first_half(api: Api, srv: Omnise
 def test_batch_stuck_fault_never_finishes(api: Api, srv: OmnisendServer) -> None:
     srv.add_fault(FaultRule(kind="batch_stuck", times=1))
     batch_id = api.post("/batches", json=BATCH).json()["batchID"]
-    time.sleep(0.3)
+    other = {**BATCH, "items": [body("g@example.com")]}
+    normal = api.post("/batches", json=other).json()["batchID"]
+    # Batches are processed in the order they came: once the later one has finished,
+    # the stuck one has had its turn.
+    assert wait_batch(api, normal)["status"] == "finished"
     stuck = api.get(f"/batches/{batch_id}").json()
     assert stuck["status"] == "inProgress" and stuck["finishedCount"] == 0
     assert srv.contact("f@example.com") is None
-    normal = api.post("/batches", json=BATCH).json()["batchID"]
-    assert wait_batch(api, normal)["status"] == "finished"
+    assert srv.contact("g@example.com") is not None
 
 
 def test_item_error_fault_fails_matching_items_only(api: Api, srv: OmnisendServer) -> None:
@@ -848,3 +851,24 @@ def test_module_cli_prints_the_url_and_stops_on_sigterm() -> None:
             timeout=5,
         )
         assert r.status_code == 200 and r.json()["contacts"] == []
+
+
+def test_settle_waits_until_the_client_is_answered_and_accepted_writes_are_applied() -> None:
+    """`settle()`, the tests' event for "Omnisend has caught up": False while a client
+    still holds a connection; once it is gone, True only after every tag call and batch
+    accepted (202) has been applied."""
+    with OmnisendServer(api_keys=(KEY,), batch_delay=0.3) as srv:
+        api = Api(srv.url)
+        statuses = [
+            api.post("/contacts", json=body("t@example.com")).status_code,
+            api.post(
+                "/contacts/tags", json={"tags": ["vip"], "emails": ["t@example.com"]}
+            ).status_code,
+            api.post("/batches", json={**BATCH, "items": [body("b@example.com")]}).status_code,
+        ]  # (status codes only: a response kept alive keeps its connection open)
+        assert statuses == [201, 202, 200]
+        assert not srv.settle(timeout=0.1)  # the session's connection is still open
+        api.session.close()
+        assert srv.settle(timeout=10)
+        assert srv.contact("t@example.com")["tags"] == ["vip"]
+        assert srv.contact("b@example.com") is not None

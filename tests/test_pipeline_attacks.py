@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.harness import (
     stored_email,
 )
 from tests.omnisend_server import FaultRule, OmnisendServer
+from tests.test_omnisend_server import eventually
 
 DATA = Path(__file__).parent / "data_files" / "attacks"
 TAG = "segment:vip"
@@ -91,8 +92,9 @@ def full_read(
 
 
 def tagged(server: OmnisendServer, tag: str = TAG) -> set[str]:
-    """Who carries `tag`, once tag calls already answered (202) have been applied."""
-    time.sleep(0.1)
+    """Who carries `tag`, once every tag call the target sent has been applied (Omnisend
+    answers 202 and applies it later)."""
+    assert server.settle(), "the server still had requests or writes pending after 10 s"
     return {stored_email(c) for c in server.contacts() if tag in (c.get("tags") or [])}
 
 
@@ -363,6 +365,12 @@ def test_the_same_member_in_two_segments_loses_only_the_tag_of_the_one_it_left(
 # -- cancel -------------------------------------------------------------------------------
 
 
+#: Requests a whole run of `_slow_tap`'s 300 members makes at least, with the cancel
+#: tests' config: the key check, 6 batch posts, 2 or more list reads, 2 tag calls and 3
+#: segment calls.
+REQUESTS_PER_RUN = 15
+
+
 def _slow_tap(stdin: Any, count: int, every: int, pause: float) -> None:
     """A tap that reads for a while: `every` records, a STATE ({"upto": last index}),
     a pause, and so on; it stops quietly when the target is gone."""
@@ -380,9 +388,22 @@ def _slow_tap(stdin: Any, count: int, every: int, pause: float) -> None:
             stdin.close()
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has its own handler for `signum` (Linux: SigCgt in
+    /proc/<pid>/status). Before that, a signal is the interpreter's business."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    [mask] = [line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")]
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
 def _cancel_after(
-    config: dict[str, Any], delay: float, signum: int, workdir: Path
+    config: dict[str, Any], moment: Callable[[int], bool], signum: int, workdir: Path
 ) -> tuple[int, list[dict[str, Any]], str]:
+    """Run the target on a slow tap and signal it at `moment`: once that event has
+    happened for the target's pid, or the run has ended."""
     (workdir / "config.json").write_text(json.dumps(config))
     with (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
         proc = subprocess.Popen(
@@ -394,8 +415,8 @@ def _cancel_after(
         )
         tap = threading.Thread(target=_slow_tap, args=(proc.stdin, 300, 30, 0.08))
         tap.start()
-        time.sleep(delay)
-        proc.send_signal(signum)
+        assert eventually(lambda: moment(proc.pid) or proc.poll() is not None, timeout=60)
+        proc.send_signal(signum)  # (nothing, if the run has ended)
         proc.wait(timeout=120)
         tap.join()
     stdout = (workdir / "stdout").read_text()
@@ -406,10 +427,12 @@ def _cancel_after(
 def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states(
     tmp_path: Path,
 ) -> None:
-    """20 cancels at seeded random moments (start-up, mid-read, waiting for a batch slot,
-    checkpoints, the end): exit 128+signal (or a clean finish when the signal came after
-    the end), one ERROR line, and every STATE printed covers only members Omnisend holds
-    *and* has tagged. A re-run from the last STATE then completes the segment."""
+    """20 cancels at seeded random moments, each after the k-th request Omnisend has
+    answered (k = 0: at start-up, once the target handles signals; then mid-read,
+    waiting for a batch slot, checkpoints, the end): exit 128+signal (or a clean finish
+    when the signal came after the end), one ERROR line, and every STATE printed covers
+    only members Omnisend holds *and* has tagged. A re-run from the last STATE then
+    completes the segment."""
     rng = random.Random(14)
     outcomes: list[int] = []
     with OmnisendServer(api_keys=(API_KEY,), batch_delay=0.15, latency=(0.0, 0.02)) as slow:
@@ -429,9 +452,18 @@ def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states
                 "fingerprint_store_path": str(workdir / "fingerprints.sqlite"),
             }
             signum = rng.choice([signal.SIGTERM, signal.SIGINT])
-            delay = rng.uniform(0.0, 2.5)
-            code, states, stderr = _cancel_after(config, delay, signum, workdir)
-            where = f"trial {trial}: {signal.Signals(signum).name} after {delay:.2f}s"
+            k = rng.randint(0, REQUESTS_PER_RUN + 1)  # the last: once the run has ended
+            code, states, stderr = _cancel_after(
+                config,
+                lambda pid: (
+                    catches(pid, signal.SIGTERM)
+                    and slow.count() >= k  # noqa: B023
+                    and k <= REQUESTS_PER_RUN  # noqa: B023
+                ),
+                signum,
+                workdir,
+            )
+            where = f"trial {trial}: {signal.Signals(signum).name} after {k} requests"
             assert "Traceback" not in stderr, where
             if code == -signum:  # the signal came while the finished process was exiting
                 assert "Run finished" in stderr, f"{where}: killed\n{stderr[-2000:]}"
@@ -440,7 +472,6 @@ def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states
             outcomes.append(code)
             errors = [line for line in stderr.splitlines() if "ERROR" in line]
             assert len(errors) == (0 if code == 0 else 1), f"{where}: {errors}"
-            time.sleep(0.5)  # tag calls are asynchronous (202): applied after batch_delay
             for earned in states:
                 covered = members(0, earned["upto"] + 1)
                 assert covered <= tagged(slow), f"{where}: STATE {earned} covers unsent records"
@@ -448,20 +479,21 @@ def test_a_signal_at_any_moment_ends_the_run_in_one_line_with_only_earned_states
             start = states[-1]["upto"] + 1 if states else 0
             rerun = [schema(), *(record(i) for i in range(start, 300)), state({"upto": 299})]
             ok(run_target(config, rerun, workdir=workdir, timeout=60))
-            time.sleep(0.5)
             assert tagged(slow) == members(0, 300), where
     # The moments were spread: some runs were cancelled, some finished first.
     assert 0 in outcomes and {130, 143} & set(outcomes), outcomes
 
 
-@pytest.mark.parametrize("delay", [0.12, 0.3])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_start_up_ends_the_run_in_one_line(
-    tmp_path: Path, config: dict[str, Any], delay: float, signum: int
+    tmp_path: Path, config: dict[str, Any], signum: int
 ) -> None:
-    """While Python imports the SDK (before any handler of the SDK's exists). The first
-    few tens of milliseconds, while the interpreter itself starts, are Python's own."""
-    code, states, stderr = _cancel_after(config, delay, signum, tmp_path)
+    """As soon as the target handles signals (its first statement), while Python imports
+    the SDK and before any handler of the SDK's exists. The moments before that, while
+    the interpreter itself starts, are Python's own."""
+    code, states, stderr = _cancel_after(
+        config, lambda pid: catches(pid, signal.SIGTERM), signum, tmp_path
+    )
     assert code == 128 + signum, stderr
     assert states == []
     assert "Traceback" not in stderr
@@ -507,7 +539,7 @@ def test_the_newest_record_of_an_email_wins_across_two_streams_and_drains(
     ]
     ok(run_target(config, messages, workdir=tmp_path))
     assert server.contact(email(0))["customProperties"]["tier"] == "gold"
-    time.sleep(0.3)  # tag calls are asynchronous
+    assert server.settle()  # tag calls are asynchronous: applied after their 202
     assert sorted(server.contact(email(0))["tags"]) == ["segment:a", "segment:b"]
     # Unchanged in b's partition, yet a's newer version is waiting: gold must still win.
     messages[3:5] = [record(0, "a", "silver"), record(0, "b", "gold")]
@@ -780,18 +812,17 @@ def test_a_signal_during_mirror_ends_in_one_line_and_returning_members_are_tagge
     proc = _start(mirror_config, encode(full_read(range(5))), tmp_path / "cancelled")
     assert proc.stdout is not None
     assert json.loads(proc.stdout.readline()) == {"bookmarks": {"vip": {"rows": 5}}}
-    time.sleep(1.0)  # listing the tag is quick; the untag takes 3 s to be answered
+    # The untag has reached Omnisend (and is applied); its answer takes 3 s.
+    assert eventually(lambda: server.fault_hits()[0][1] >= 1, timeout=30)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr.decode()[-2000:]
     assert stdout == b""
     errors = [line for line in stderr.decode().splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "cancelled" in errors[0]
+    assert tagged(server) == members(0, 5)  # once the untag under way has been answered
     server.clear_faults()
-    time.sleep(3.5)  # the untag that was under way lands
-    assert tagged(server) == members(0, 5)
     ok(run_target(mirror_config, full_read(range(10)), workdir=tmp_path))
-    time.sleep(0.2)
     assert tagged(server) == members(0, 10)
 
 
@@ -807,10 +838,17 @@ def test_a_signal_while_rejections_are_being_logged_ends_in_one_line(
     rng = random.Random(7)
     for trial in range(4):
         proc = _start({**config, "fingerprint_store_path": ""}, payload, tmp_path / f"t{trial}")
-        time.sleep(rng.uniform(1.0, 2.0))
+        assert proc.stderr is not None
+        # Signal once the k-th rejection is logged: the reading thread is then logging.
+        wanted, logged, before = rng.randint(1, 3000), 0, []
+        while logged < wanted:
+            line = proc.stderr.readline()
+            assert line, b"".join(before).decode()[-1000:]
+            before.append(line)
+            logged += b"WARNING" in line
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-        text = err.decode()
+        text = b"".join(before).decode() + err.decode()
         assert proc.returncode == 143, text[-1000:]
         assert "Traceback" not in text and "Logging error" not in text
         assert len([line for line in text.splitlines() if "ERROR" in line]) == 1
@@ -822,13 +860,11 @@ def test_one_stream_mapped_into_two_segments_is_mirrored_as_two_full_reads(
     """stream_maps copies `vip` into `vip_copy`; the one ACTIVATE_VERSION covers both."""
     store_config = {**segments_config, "stream_maps": {"vip_copy": {"__source__": "vip"}}}
     ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
-    time.sleep(0.2)
     for tag in ("segment:vip", "segment:vip_copy"):
         assert tagged(server, tag) == members(0, 10), tag
     ok(run_target(store_config, full_read(range(8)), workdir=tmp_path))
     for tag in ("segment:vip", "segment:vip_copy"):
         assert tagged(server, tag) == members(0, 8), tag
     ok(run_target(store_config, full_read(range(10)), workdir=tmp_path))
-    time.sleep(0.2)
     for tag in ("segment:vip", "segment:vip_copy"):
         assert tagged(server, tag) == members(0, 10), tag

@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from tests.conftest import API_KEY
 from tests.harness import TARGET_BIN, create_contact, read_jsonl, run_target, stored_email
 from tests.omnisend_server import OmnisendServer
+from tests.test_omnisend_server import eventually
 
 DATA = Path(__file__).parent / "data_files" / "pipeline"
 TAG = "segment:vip"
@@ -30,6 +30,8 @@ def scenario(name: str) -> bytes:
 
 
 def tagged(server: OmnisendServer, tag: str = TAG) -> set[str]:
+    """Who carries `tag` once the tag calls Omnisend accepted (202) have been applied."""
+    assert server.settle(), "the server still had requests or writes pending after 10 s"
     return {stored_email(c) for c in server.contacts() if tag in (c.get("tags") or [])}
 
 
@@ -59,8 +61,9 @@ def summary(config: dict[str, Any]) -> dict[str, Any]:
 def test_cancel_while_waiting_for_a_batch_slot_emits_no_state_it_has_not_earned(
     tmp_path: Path, signum: int
 ) -> None:
-    """2 slots, slow batches, 500 records, STATE, 500 more, cancel after 3 s: every STATE
-    printed covers only contacts Omnisend holds, and the run says it was cancelled."""
+    """2 slots, slow batches, 500 records, STATE, 500 more, cancel once the fourth batch
+    is posted: every STATE printed covers only contacts Omnisend holds, and the run says
+    it was cancelled."""
     with OmnisendServer(api_keys=(API_KEY,), batch_delay=1.0) as slow:
         config = {
             "api_key": API_KEY,
@@ -80,7 +83,11 @@ def test_cancel_while_waiting_for_a_batch_slot_emits_no_state_it_has_not_earned(
                 cwd=tmp_path,
             )
             try:
-                time.sleep(3)
+                # Batch 4 posted: two slots have been freed and taken again, and the
+                # reading thread waits for the next one.
+                assert eventually(
+                    lambda: slow.count(method="POST", path_prefix="/batches") >= 4, timeout=30
+                )
                 proc.send_signal(signum)
                 stdout, stderr = proc.communicate(timeout=60)
             finally:

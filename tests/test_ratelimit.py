@@ -160,11 +160,23 @@ def test_other_traffic_on_the_brand_uses_up_our_budget_too() -> None:
 
 
 def test_missing_or_garbled_headers_change_nothing() -> None:
-    limiter = WindowLimiter(2, clock=FakeClock())
+    """No headers, or headers that are not numbers: the configured budget (2) stands,
+    all of it and no more."""
+    clock = FakeClock()
+    limiter = WindowLimiter(2, clock=clock)
     limiter.observe({})
     limiter.observe({"X-Rate-Limit-Remaining": "soon", "X-Rate-Limit-Reset": "later"})
-    limiter.acquire()
-    limiter.acquire()  # the whole configured budget is still there
+    limiter.observe({"X-Rate-Limit-Limit": "NaN", "X-Rate-Limit-Remaining": "inf"})
+    assert limiter.limit == 2
+    both = threading.Event()  # (in the background: a regression blocks, it must not hang)
+    threading.Thread(
+        target=lambda: (_send(limiter), _send(limiter), both.set()), daemon=True
+    ).start()
+    assert both.wait(2)  # the whole configured budget is still there
+    third = _acquire_in_background(limiter)
+    assert not third.wait(0.2)  # ... and no more
+    clock.now += 60.1
+    assert third.wait(2)
 
 
 def test_cancel_wakes_a_waiting_request_at_once() -> None:

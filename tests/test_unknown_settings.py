@@ -35,6 +35,10 @@ def test_environment_misspellings_are_named_other_plugins_variables_are_not() ->
         "TARGET_OMNISEND_SEGMNT_TAG": "vip",  # ours, misspelt
         "TARGET_OMNISEND_SEGMENT_TAG": "vip",  # ours
         "TARGET_OMNISEND_STAGING_API_KEY": "k",  # an inheriting plugin, target-omnisend-staging
+        # target-omnisend-eu's: as alike to segment_tag as a misspelling would be (0.88),
+        # silent only because it ends in one of our settings.
+        "TARGET_OMNISEND_EU_SEGMENT_TAG": "eu",
+        "TARGET_OMNISEND_BATCH": "1",  # like batch_size, but not enough (0.67) to be it
         "TARGET_OMNISEND_PIP_URL": "-e .",  # someone else's, not like any setting
         "TARGET_POSTGRES_SEGMNT_TAG": "x",  # another prefix
     }
@@ -62,7 +66,11 @@ def test_the_cli_warns_once_per_misspelt_setting_and_still_delivers(
         config,
         segment_messages(records),
         workdir=tmp_path,
-        env={"TARGET_OMNISEND_FULL_REFRESHH": "true"},
+        env={
+            "TARGET_OMNISEND_FULL_REFRESHH": "true",
+            "TARGET_OMNISEND_EU_SEGMENT_TAG": "eu",  # target-omnisend-eu's: no warning
+            "TARGET_OMNISEND_BATCH": "1",  # not close enough to batch_size: no warning
+        },
     )
 
     assert run.returncode == 0, run.stderr[-2000:]

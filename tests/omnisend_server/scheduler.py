@@ -25,6 +25,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._running: int | None = None  # sequence number of the job running now
 
     def start(self) -> None:
         with self._cond:
@@ -44,12 +45,29 @@ class Scheduler:
         with self._cond:
             self._heap.clear()
             self._generation += 1
+            self._cond.notify_all()  # `wait_for_scheduled` has nothing left to wait for
 
     def call_later(self, delay: float, job: Callable[[], None]) -> None:
         with self._cond:
             due = time.monotonic() + max(0.0, delay)
             heapq.heappush(self._heap, (due, next(self._seq), self._generation, job))
             self._cond.notify_all()
+
+    def wait_for_scheduled(self, timeout: float) -> bool:
+        """Wait until every job scheduled before this call has run (or was cleared);
+        jobs scheduled meanwhile, such as a foreign integration's next tick, are not
+        waited for. False when `timeout` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            mark = next(self._seq)
+            while any(seq < mark for _, seq, _, _ in self._heap) or (
+                self._running is not None and self._running < mark
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped:
+                    return False
+                self._cond.wait(left)
+            return True
 
     def _run(self) -> None:
         while True:
@@ -62,10 +80,16 @@ class Scheduler:
                     self._cond.wait(timeout)
                 if self._stopped:
                     return
-                _, _, generation, job = heapq.heappop(self._heap)
+                _, seq, generation, job = heapq.heappop(self._heap)
                 if generation != self._generation:
+                    self._cond.notify_all()
                     continue
+                self._running = seq
             try:
                 job()
             except Exception:  # a broken job must not kill the worker
                 log.exception("background job failed")
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()

@@ -412,6 +412,24 @@ class OmnisendServer:
         """(rule, times fired) for each active rule, in order."""
         return self._faults.fired()
 
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Once the client is gone: wait until every request it sent has been answered
+        (so the request log is complete) and every asynchronous write accepted so far
+        (batches, tag calls) has been applied, as Omnisend does eventually. False when
+        `timeout` passes first, e.g. while a client still holds a connection open. (A
+        killed client's connection still waiting to be accepted is not waited for: that
+        client never saw an answer to it.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._conn_lock:
+                quiet = not self._connections
+            if quiet:
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return self._scheduler.wait_for_scheduled(max(deadline - time.monotonic(), 0.0))
+
     def reset(self) -> None:
         """Forget all data, the request log, faults, rate-limit windows and pending jobs;
         what the knobs set up (foreign batches, standing faults) is set up again."""
