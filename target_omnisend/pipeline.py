@@ -110,6 +110,10 @@ class RunPipeline:
                 settings.fingerprint_store_path,
                 account_scope(settings.api_url, settings.api_key),
                 settings.mapping_hash(),
+                schema=settings.fingerprint_store_schema,
+                password=settings.fingerprint_store_password,
+                lock_timeout=settings.fingerprint_store_lock_timeout,
+                logger=logger,
             )
             if settings.fingerprint_store_path
             else None
