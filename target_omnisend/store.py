@@ -146,7 +146,9 @@ def _drop_layout_0(conn: Connection) -> None:
 
 
 def _json_lists_from_nul(conn: Connection) -> None:
-    """Layout 1 joined tags and streams with NUL; layout 2 keeps JSON arrays."""
+    """Layout 1 joined tags and streams with NUL; layout 2 keeps JSON arrays. Layout 1
+    also left layout 0's tables behind (unused): they go too."""
+    _drop_layout_0(conn)
     for table, column in ((PARTITIONS, "tags"), (SEGMENTS, "streams")):
         keys = [c for c in table.primary_key.columns]
         for row in conn.execute(select(*keys, table.c[column])).all():
