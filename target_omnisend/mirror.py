@@ -41,9 +41,12 @@ def decide(
     *,
     max_ratio: float,
     confirm_runs: int,
+    overlapped: Container[str] = (),
 ) -> MirrorDecision:
     """Pure: absent members are removed once absent `confirm_runs` runs in a row, unless
-    this run's absent share exceeds `max_ratio` (then nothing at all changes)."""
+    this run's absent share exceeds `max_ratio` (then nothing at all changes). A stage
+    written by a run this one overlapped (`overlapped`: it waited for it) is not counted
+    again: two runs of one pipeline at once read the same source."""
     ratio = len(absent) / tagged if tagged else 0.0
     if ratio > max_ratio:
         return MirrorDecision(
@@ -54,7 +57,7 @@ def decide(
     staged: dict[str, int] = {}
     for email in absent:
         runs, last_run = previous.get(email, (0, ""))
-        runs = runs if last_run == run_id else runs + 1
+        runs = runs if last_run == run_id or last_run in overlapped else runs + 1
         if runs >= confirm_runs:
             remove.append(email)
         else:
@@ -95,6 +98,7 @@ def mirror_tag(
         run_id,
         max_ratio=max_ratio,
         confirm_runs=confirm_runs,
+        overlapped=store.overlapped_runs,
     )
     if decision.refused:
         logger.warning("Mirror of tag '%s' removed nothing: %s", tag, decision.refused)

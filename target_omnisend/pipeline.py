@@ -70,6 +70,8 @@ class RunPipeline:
         self.client = client
         self.store = store
         self.outcomes = Outcomes(settings.rejected_records_path, logger)
+        if store is not None:  # staged removals and partitions name the same run
+            store.run_id = self.outcomes.run_id
         self.progress = ProgressReporter(self.outcomes, logger, settings.progress_interval)
         self.started_at = time.monotonic()
         self.cancelled = False

@@ -85,7 +85,7 @@ DEFAULT_SCHEMA = "target_omnisend"
 DEFAULT_LOCK_TIMEOUT = 60.0
 
 #: 1: the partitioned tables (tags and streams joined by NUL, which PostgreSQL text
-#: cannot hold); 2: tags and streams as JSON arrays, and this version row.
+#: cannot hold); 2: tags and streams as JSON arrays, partitions' last run, this version.
 LAYOUT_VERSION = 2
 
 # -- the layout, declared once for both backends ------------------------------------------
@@ -106,6 +106,9 @@ PARTITIONS = Table(
     Column("config_hash", Text, nullable=False),
     Column("tags", Text, nullable=False),  # JSON array
     Column("last_used", Float, nullable=False),
+    #: The run that last used the partition: a run that had to wait for it treats that
+    #: run's staged removals as its own (two overlapping runs are one confirmation).
+    Column("last_run", Text, nullable=False, server_default=""),
 )
 FINGERPRINTS = Table(
     "contact_fingerprints",
@@ -145,10 +148,12 @@ def _drop_layout_0(conn: Connection) -> None:
         Table(name, MetaData()).drop(conn, checkfirst=True)
 
 
-def _json_lists_from_nul(conn: Connection) -> None:
-    """Layout 1 joined tags and streams with NUL; layout 2 keeps JSON arrays. Layout 1
-    also left layout 0's tables behind (unused): they go too."""
+def _layout_1_to_2(conn: Connection) -> None:
+    """Layout 1 joined tags and streams with NUL; layout 2 keeps JSON arrays, and the
+    run that last used each partition. Layout 1 also left layout 0's tables behind
+    (unused): they go too. Only SQLite files have layout 1."""
     _drop_layout_0(conn)
+    conn.exec_driver_sql("ALTER TABLE partitions ADD COLUMN last_run TEXT NOT NULL DEFAULT ''")
     for table, column in ((PARTITIONS, "tags"), (SEGMENTS, "streams")):
         keys = [c for c in table.primary_key.columns]
         for row in conn.execute(select(*keys, table.c[column])).all():
@@ -162,7 +167,7 @@ def _json_lists_from_nul(conn: Connection) -> None:
 
 #: Layout n -> n + 1, run in order inside the upgrade's transaction (after the current
 #: tables exist). The old tables and encodings are gone when it commits.
-_MIGRATIONS = {0: _drop_layout_0, 1: _json_lists_from_nul}
+_MIGRATIONS = {0: _drop_layout_0, 1: _layout_1_to_2}
 assert sorted(_MIGRATIONS) == list(range(LAYOUT_VERSION))
 
 
@@ -245,12 +250,18 @@ class FingerprintStore:
         password: str | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         logger: logging.Logger | None = None,
+        run_id: str = "",
     ) -> None:
         self.backend: Backend = backend_for(path, schema, password)
         self.display = self.backend.display
         self.scope = scope
         self.config_hash = config_hash
         self.lock_timeout = lock_timeout
+        #: This run's id, as mirror writes it into staged removals.
+        self.run_id = run_id
+        #: Runs of this run's pipelines it had to wait for: their staged removals count
+        #: as this run's (overlapping runs read the same source: one confirmation).
+        self.overlapped_runs: set[str] = set()
         self.logger = logger or logging.getLogger("target-omnisend")
         self._errors = self.backend.errors()
         self._lock = threading.Lock()
@@ -351,17 +362,24 @@ class FingerprintStore:
         part = self._parts.get(stream)
         if part is None:
             part = partition_key(self.scope, stream, self.config_hash)
-            self._claim(part, stream)
+            if self._claim(part, stream):  # waited: the run before overlapped this one
+                self.overlapped_runs.update(self._last_runs(part))
             self._register(part, stream, tags)
             self._parts[stream] = part
         return part
 
-    def _claim(self, part: str, stream: str) -> None:
+    def _last_runs(self, part: str) -> list[str]:
+        query = select(PARTITIONS.c.last_run).where(PARTITIONS.c.part == part)
+        with self._lock, self._guard("reading its partitions"):
+            return [run for run in self._db.execute(query).scalars() if run]
+
+    def _claim(self, part: str, stream: str) -> bool:
+        """Take the partition's lock; True if another run held it first."""
         with self._lock, self._guard("locking its partition"):
             lock = self.backend.pipeline_lock(self._db, part)
             if lock.try_acquire():
                 self._held.append(lock)
-                return
+                return False
         self.logger.info(
             "Another run of this pipeline (stream '%s') is using fingerprint store %s: waiting "
             "up to %.0f s for it to finish (fingerprint_store_lock_timeout)",
@@ -375,7 +393,7 @@ class FingerprintStore:
             with self._lock, self._guard("locking its partition"):
                 if lock.try_acquire():
                     self._held.append(lock)
-                    return
+                    return True
         raise StoreError(
             f"another run of this pipeline (stream '{stream}') is still using the fingerprint "
             f"store {self.display} after {self.lock_timeout:g} s "
@@ -391,6 +409,7 @@ class FingerprintStore:
             "config_hash": self.config_hash,
             "tags": _encode_list(tags),
             "last_used": now,
+            "last_run": self.run_id,
         }
         upsert = self._insert(PARTITIONS).values(row)
         upsert = upsert.on_conflict_do_update(index_elements=["part"], set_=row)

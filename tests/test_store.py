@@ -235,10 +235,10 @@ def test_a_second_run_of_one_pipeline_waits_for_the_first_to_close(
 
 
 def test_a_lost_postgresql_connection_is_one_line_naming_the_store(
-    where: Where,
+    request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if where.kind != "postgres":
-        pytest.skip("a lost connection is PostgreSQL's failure; SQLite's is a corrupt page")
+    where = where_for("postgres", request, tmp_path)
+    assert where.cluster is not None
     store = where.open()
     part = store.part("vip", (TAG,))
     where.kill_connections()
@@ -263,9 +263,10 @@ def _corrupt_data_pages(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_corrupt_sqlite_page_is_one_line_naming_the_file(where: Where) -> None:
-    if where.kind != "sqlite":
-        pytest.skip("a corrupt page is SQLite's failure; PostgreSQL's is a lost connection")
+def test_a_corrupt_sqlite_page_is_one_line_naming_the_file(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    where = where_for("sqlite", request, tmp_path)
     store = where.open()
     part = store.part("vip", (TAG,))
     store.confirm(part, [(f"m{n}@example.com", FP[1]) for n in range(3000)])
