@@ -60,10 +60,8 @@ class Where:
         """Does some run hold a pipeline lock on this store right now?"""
         if self.kind == "postgres":
             assert self.cluster is not None
-            out = self.cluster.psql(
-                "postgres", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory';"
-            )
-            return out.strip() not in ("", "0")
+            query = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'"
+            return self.cluster.rows("postgres", query) != [{"n": "0"}]
         locks = Path(self.path).parent / f"{Path(self.path).name}.locks"
         for lock in locks.glob("*.lock") if locks.exists() else []:
             fd = os.open(lock, os.O_RDWR)
@@ -78,11 +76,10 @@ class Where:
     def kill_connections(self) -> None:
         """What a database restart or a network cut does to a run's connection."""
         assert self.cluster is not None
-        self.cluster.psql(
-            "postgres",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'target-omnisend';",
-        )
+        mine = "FROM pg_stat_activity WHERE application_name = 'target-omnisend'"
+        # The timeout makes the call wait until the backends are gone (PostgreSQL 14+).
+        self.cluster.psql("postgres", f"SELECT pg_terminate_backend(pid, 10000) {mine};")
+        assert self.cluster.rows("postgres", f"SELECT count(*) AS n {mine}") == [{"n": "0"}]
 
 
 def pg_url(cluster: Cluster, password: str = PASSWORD) -> str:

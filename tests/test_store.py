@@ -188,6 +188,7 @@ def test_two_runs_of_one_pipeline_never_interleave_and_other_pipelines_run_besid
     where: Where,
 ) -> None:
     first = where.open()
+    assert not where.pipeline_locked()  # opening alone locks nothing
     first.part("vip", (TAG,))
     assert where.pipeline_locked()
 
@@ -209,6 +210,7 @@ def test_two_runs_of_one_pipeline_never_interleave_and_other_pipelines_run_besid
     third = where.open(lock_timeout=0)
     third.part("vip")  # released with the first run's close
     third.close()
+    assert not where.pipeline_locked()
 
 
 def test_a_second_run_of_one_pipeline_waits_for_the_first_to_close(
