@@ -51,6 +51,8 @@ class Where:
         engine = create_engine(url)
         try:
             with engine.begin() as conn:
+                if self.kind == "postgres":  # as the README says: SET search_path TO …
+                    conn.execute(text(f'SET search_path TO "{self.schema}"'))
                 result = conn.execute(text(statement))
                 return [tuple(row) for row in result] if result.returns_rows else []
         finally:

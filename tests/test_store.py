@@ -181,6 +181,42 @@ def test_a_store_from_a_newer_release_is_refused_in_one_line(where: Where) -> No
         assert where.path.split("@")[-1] in message  # names the store
 
 
+def _readme_sql() -> list[str]:
+    """The statements of the README's store SQL block, as a user would paste them."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- store-sql: run as written by tests/test_store.py")[1]
+    sql = block.split("```sql\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in sql.splitlines() if not line.startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def test_the_readme_sql_shows_what_a_store_knows_and_resets_one_stream(where: Where) -> None:
+    store = where.open()
+    vip = store.part("vip_buyers", (TAG,))
+    other = store.part("newsletter", ("segment:newsletter",))
+    store.confirm(vip, [(f"m{n}@example.com", FP[1]) for n in range(3)])
+    store.confirm(other, [("n@example.com", FP[2])])
+    store.record_absences(TAG, {"m9@example.com": 1}, "run-1")
+    store.remember_segment("vip_buyers", "d" * 24, TAG, ("vip_buyers",))
+    store.close()
+
+    listing, staged, segments, *resets = _readme_sql()
+    assert [(r[0], r[1], r[3]) for r in where.sql(listing)] == [
+        ("newsletter", other, 1),
+        ("vip_buyers", vip, 3),
+    ]
+    assert where.sql(staged) == [(TAG, 1, 1)]
+    assert where.sql(segments) == [("vip_buyers", "d" * 24, TAG)]
+    assert len(resets) == 2
+    for statement in resets:
+        where.sql(statement)
+
+    store = where.open()
+    assert store.known(store.part("vip_buyers"), ["m0@example.com"]) == {}
+    assert store.known(store.part("newsletter"), ["n@example.com"]) == {"n@example.com": FP[2]}
+    store.close()
+
+
 # -- concurrency --------------------------------------------------------------------------
 
 
