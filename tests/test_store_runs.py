@@ -16,7 +16,7 @@ from tests.harness import REPO, TARGET_BIN, Run, run_target, stored_email
 from tests.omnisend_server import OmnisendServer
 from tests.store_backends import PASSWORD, Where, where_for
 from tests.test_omnisend_server import eventually
-from tests.test_postgres_e2e import cluster  # noqa: F401 (the fixture, started on demand)
+from tests.test_postgres_e2e import cluster, free_port  # noqa: F401 (cluster: the fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -237,3 +237,60 @@ def test_a_corrupt_sqlite_page_stops_the_next_run_in_one_line_without_state(
     (line,) = errors(run)
     assert f"the fingerprint store {where.path} failed while" in line
     assert "Traceback" not in run.output
+
+
+# -- hostile or mistaken store settings ------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_url", [True, False], ids=["password-in-url", "password-setting"])
+def test_an_unreachable_postgresql_store_stops_in_one_line_without_its_password(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path, in_url: bool
+) -> None:
+    port = free_port()  # nothing listens there
+    user = f"omnisend:{PASSWORD}" if in_url else "omnisend"
+    config["fingerprint_store_path"] = f"postgresql://{user}@127.0.0.1:{port}/segments"
+    if not in_url:
+        config["fingerprint_store_password"] = PASSWORD
+    run = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert run.returncode == 1
+    assert run.stdout == ""
+    (line,) = errors(run)
+    shown = f"postgresql://omnisend:***@127.0.0.1:{port}/segments"  # either way: masked
+    assert f"the fingerprint store {shown} (schema target_omnisend) failed while opening it" in line
+    assert PASSWORD not in run.output and "Traceback" not in run.output
+    assert server.count(method="POST") == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "code", "expected"),
+    [
+        (
+            {"fingerprint_store_path": "postgresql://omnisend@[::1/segments"},
+            1,
+            "looks like a PostgreSQL URL but cannot be read",
+        ),
+        (
+            {"fingerprint_store_schema": 'x"; DROP SCHEMA public CASCADE; --'},
+            2,
+            "fingerprint_store_schema",
+        ),
+        ({"fingerprint_store_lock_timeout": -1}, 2, "fingerprint_store_lock_timeout"),
+    ],
+    ids=["broken-url", "schema-injection", "negative-timeout"],
+)
+def test_a_mistaken_store_setting_is_one_line_before_anything_is_sent(
+    server: OmnisendServer,
+    config: dict[str, Any],
+    tmp_path: Path,
+    settings: dict[str, Any],
+    code: int,
+    expected: str,
+) -> None:
+    config.update(settings)
+    run = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert run.returncode == code, run.stderr[-2000:]
+    assert run.stdout == ""
+    (line,) = errors(run)
+    assert expected in line
+    assert "Traceback" not in run.output
+    assert server.count(method="POST") == 0
