@@ -184,7 +184,10 @@ def test_api_key_is_a_secret_in_meltano(
     secret_like = [
         n for n in meltano_settings if n.endswith(("_key", "secret", "token", "password"))
     ]
-    assert secret_like == ["api_key"]
+    assert secret_like == ["api_key", "fingerprint_store_password"]
+    for name in secret_like:  # Meltano keeps them in .env, never in meltano.yml
+        assert meltano_settings[name]["kind"] == "password"
+        assert meltano_settings[name]["sensitive"] is True
 
 
 def test_meltano_yml_capabilities_match_the_target(
