@@ -282,6 +282,7 @@ class FingerprintStore:
         assert conn is not None
         self.backend.prepare(conn)
         with self._transaction(conn):
+            self.backend.set_up(conn)
             version = _layout_version(conn, self.backend.schema, self.display)
             self._check_not_newer(version)
             METADATA.create_all(conn)

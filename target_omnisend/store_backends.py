@@ -71,6 +71,7 @@ class Backend(Protocol):
     def insert(self, table: Table) -> Any: ...
     def connect(self, *, read_only: bool) -> Connection | None: ...
     def prepare(self, conn: Connection) -> None: ...
+    def set_up(self, conn: Connection) -> None: ...
     def copy_to_memory(self, conn: Connection) -> Connection: ...
     def pipeline_lock(self, conn: Connection, key: str) -> PipelineLock: ...
     def errors(self) -> tuple[type[BaseException], ...]: ...
@@ -168,6 +169,9 @@ class SqliteFile:
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
         _retry_locked(lambda: conn.exec_driver_sql("PRAGMA journal_mode=WAL").fetchone(), deadline)
         conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+
+    def set_up(self, conn: Connection) -> None:
+        del conn  # BEGIN IMMEDIATE already holds the file's write lock
 
     def copy_to_memory(self, conn: Connection) -> Connection:
         """A dry run on an older layout reads the store as the upgrade would leave it:
@@ -273,21 +277,19 @@ class PostgresSchema:
         return conn.execute(sql, {"s": self.schema}).first() is not None
 
     def prepare(self, conn: Connection) -> None:
-        """Two runs setting up one new store at once: the first creates, the second
-        waits (a transaction-level advisory lock), then finds it made."""
-        conn.exec_driver_sql(self.begin_sql)
-        try:
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(:c, :k)"),
-                {"c": _PG_LOCK_CLASS, "k": _int32("setup", self.schema)},
-            )
-            if not self._schema_exists(conn):
-                quoted = conn.dialect.identifier_preparer.quote_identifier(self.schema)
-                conn.exec_driver_sql(f"CREATE SCHEMA {quoted}")
-        except BaseException:
-            conn.exec_driver_sql("ROLLBACK")
-            raise
-        conn.exec_driver_sql("COMMIT")
+        del conn
+
+    def set_up(self, conn: Connection) -> None:
+        """Two runs setting up one new store at once: the first creates the schema and
+        tables, the second waits (an advisory lock held until the setup transaction
+        ends), then finds them made."""
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:c, :k)"),
+            {"c": _PG_LOCK_CLASS, "k": _int32("setup", self.schema)},
+        )
+        if not self._schema_exists(conn):
+            quoted = conn.dialect.identifier_preparer.quote_identifier(self.schema)
+            conn.exec_driver_sql(f"CREATE SCHEMA {quoted}")
 
     def copy_to_memory(self, conn: Connection) -> Connection:
         del conn
@@ -303,6 +305,12 @@ class PostgresSchema:
 def backend_for(location: str | Path, schema: str, password: str | None) -> Backend:
     if is_postgres(location):
         return PostgresSchema(str(location), schema, password)
+    if isinstance(location, str) and "://" in location:
+        scheme = location.split("://", 1)[0][:40]
+        raise StoreUnusable(
+            f"fingerprint_store_path is a {scheme}:// URL; it takes a file path (SQLite) or "
+            "a postgresql://user@host:port/dbname URL"
+        )
     return SqliteFile(location)
 
 

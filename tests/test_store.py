@@ -249,6 +249,32 @@ def test_two_runs_of_one_pipeline_never_interleave_and_other_pipelines_run_besid
     assert not where.pipeline_locked()
 
 
+def test_runs_setting_up_one_new_store_at_the_same_moment_all_succeed(where: Where) -> None:
+    """Three pipelines (three streams) whose first runs start together on a new store."""
+    start = threading.Barrier(3)
+    failures: list[BaseException] = []
+
+    def first_run(stream: str) -> None:
+        try:
+            start.wait(timeout=30)
+            store = where.open()
+            store.confirm(store.part(stream, (TAG,)), [("a@example.com", FP[1])])
+            store.close()
+        except BaseException as exc:  # reported below, with the thread's stream
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first_run, args=(s,)) for s in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    store = where.open()
+    for stream in ("a", "b", "c"):
+        assert store.known(store.part(stream), ["a@example.com"]) == {"a@example.com": FP[1]}
+    store.close()
+
+
 def test_a_second_run_of_one_pipeline_waits_for_the_first_to_close(
     where: Where, log: pytest.LogCaptureFixture
 ) -> None:

@@ -275,8 +275,14 @@ def test_an_unreachable_postgresql_store_stops_in_one_line_without_its_password(
             "fingerprint_store_schema",
         ),
         ({"fingerprint_store_lock_timeout": -1}, 2, "fingerprint_store_lock_timeout"),
+        (
+            {"fingerprint_store_path": "mysql://omnisend@127.0.0.1/segments"},
+            1,
+            "fingerprint_store_path is a mysql:// URL; it takes a file path (SQLite) or a "
+            "postgresql://",
+        ),
     ],
-    ids=["broken-url", "schema-injection", "negative-timeout"],
+    ids=["broken-url", "schema-injection", "negative-timeout", "another-database"],
 )
 def test_a_mistaken_store_setting_is_one_line_before_anything_is_sent(
     server: OmnisendServer,
