@@ -59,6 +59,7 @@ from sqlalchemy import (
 
 from target_omnisend.store_backends import (
     Backend,
+    PipelineLock,
     StoreError,
     StoreUnusable,
     backend_for,
@@ -268,7 +269,7 @@ class FingerprintStore:
         self._queue_lock = threading.Lock()
         self._queued: list[dict[str, Any]] = []
         self._parts: dict[str, str] = {}
-        self._held: list[Any] = []
+        self._held: list[PipelineLock] = []
         self._insert = self.backend.insert
         try:
             self._db = self._open()
@@ -280,14 +281,19 @@ class FingerprintStore:
     def _open(self) -> Connection:
         conn = self.backend.connect(read_only=False)
         assert conn is not None
-        self.backend.prepare(conn)
-        with self._transaction(conn):
-            self.backend.set_up(conn)
-            version = _layout_version(conn, self.backend.schema, self.display)
-            self._check_not_newer(version)
-            METADATA.create_all(conn)
-            self._upgrade(conn, version)
-        self._announce(conn, version)
+        try:
+            self.backend.prepare(conn)
+            with self._transaction(conn):
+                self.backend.set_up(conn)
+                version = _layout_version(conn, self.backend.schema, self.display)
+                self._check_not_newer(version)
+                METADATA.create_all(conn)
+                self._upgrade(conn, version)
+            self._announce(conn, version)
+        except BaseException:
+            with contextlib.suppress(*self._errors):
+                conn.close()
+            raise
         return conn
 
     def _check_not_newer(self, version: int | None) -> None:
