@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
+    ColumnElement,
     Connection,
     Float,
     Integer,
@@ -56,6 +58,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from target_omnisend.store_backends import (
     Backend,
@@ -218,21 +223,52 @@ def partition_key(scope: str, stream: str, config_hash: str) -> str:
     return hashlib.blake2b(f"{scope}\0{stream}\0{config_hash}".encode(), digest_size=12).hexdigest()
 
 
-# -- the store ------------------------------------------------------------------------------
+# -- the statements -------------------------------------------------------------------------
+
+
+class _OneOf(ColumnElement[bool]):
+    """`column` is one of the list bound as `name`. Written once; rendered per dialect:
+    an IN list expanded per call in SQLite, `= ANY(array)` in PostgreSQL — one
+    parameter, so the statement stays short and the driver reuses it (an IN list of
+    thousands of placeholders cost more CPU to build and parse than the lookup)."""
+
+    inherit_cache = True
+    type = Boolean(create_constraint=False)
+    _is_implicitly_boolean = True  # a predicate: no `= 1` in SQLite's WHERE
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("name", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], name: str) -> None:
+        self.column = column
+        self.name = name
+
+
+@compiles(_OneOf)
+def _one_of_in_list(element: _OneOf, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **kw)
+
+
+@compiles(_OneOf, "postgresql")
+def _one_of_array(element: _OneOf, compiler: Any, **kw: Any) -> str:
+    array = bindparam(element.name, type_=postgresql.ARRAY(Text))
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(array, **kw)})"
+
 
 _KNOWN = select(FINGERPRINTS.c.email, FINGERPRINTS.c.fp).where(
-    FINGERPRINTS.c.part == bindparam("part"),
-    FINGERPRINTS.c.email.in_(bindparam("emails", expanding=True)),
+    FINGERPRINTS.c.part == bindparam("part"), _OneOf(FINGERPRINTS.c.email, "emails")
 )
 _ABSENT = select(ABSENCES.c.email, ABSENCES.c.runs, ABSENCES.c.last_run).where(
     ABSENCES.c.scope == bindparam("scope"),
     ABSENCES.c.tag == bindparam("tag"),
-    ABSENCES.c.email.in_(bindparam("emails", expanding=True)),
+    _OneOf(ABSENCES.c.email, "emails"),
 )
 _FORGET = delete(FINGERPRINTS).where(
-    FINGERPRINTS.c.part.in_(bindparam("parts", expanding=True)),
-    FINGERPRINTS.c.email.in_(bindparam("emails", expanding=True)),
+    _OneOf(FINGERPRINTS.c.part, "parts"), _OneOf(FINGERPRINTS.c.email, "emails")
 )
+
+# -- the store ------------------------------------------------------------------------------
 
 
 class FingerprintStore:

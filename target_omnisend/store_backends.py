@@ -233,7 +233,7 @@ def _pg_driver() -> str:
 class PostgresSchema:
     """A schema of a PostgreSQL database (created on first use), reached by URL."""
 
-    chunk = 5000
+    chunk = 10_000  # one array parameter, whatever its length
     begin_sql = "BEGIN"
 
     def __init__(self, url: str, schema: str, password: str | None) -> None:
