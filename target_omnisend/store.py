@@ -159,7 +159,9 @@ def _layout_1_to_2(conn: Connection) -> None:
     run that last used each partition. Layout 1 also left layout 0's tables behind
     (unused): they go too. Only SQLite files have layout 1."""
     _drop_layout_0(conn)
-    conn.exec_driver_sql("ALTER TABLE partitions ADD COLUMN last_run TEXT NOT NULL DEFAULT ''")
+    columns = {column["name"] for column in inspect(conn).get_columns(PARTITIONS.name)}
+    if "last_run" not in columns:  # (a store upgraded from layout 0 has it already)
+        conn.exec_driver_sql("ALTER TABLE partitions ADD COLUMN last_run TEXT NOT NULL DEFAULT ''")
     for table, column in ((PARTITIONS, "tags"), (SEGMENTS, "streams")):
         keys = [c for c in table.primary_key.columns]
         for row in conn.execute(select(*keys, table.c[column])).all():

@@ -434,3 +434,19 @@ def test_an_older_layout_is_upgraded_in_place_and_its_old_tables_removed(
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM store_layout").fetchall() == [(str(LAYOUT_VERSION),)]
     db.close()
+
+
+def test_a_store_from_the_release_before_partitions_is_upgraded_to_an_empty_store(
+    tmp_path: Path, log: pytest.LogCaptureFixture
+) -> None:
+    """Layout 0 rows cannot be placed in a partition: they go, and one full send follows."""
+    path = tmp_path / "fp.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE fingerprints (scope TEXT, stream TEXT, email TEXT, fp BLOB)")
+        db.execute("CREATE TABLE scopes (scope TEXT PRIMARY KEY, config_hash TEXT NOT NULL)")
+    db.close()
+    store = FingerprintStore(path, "scope", "hash")
+    assert store.known(store.part("vip", (TAG,)), ["a@example.com"]) == {}
+    store.close()
+    assert f"upgraded in place from layout 0 to {LAYOUT_VERSION}" in log.text
+    assert "fingerprints" not in _tables(path) and "scopes" not in _tables(path)
