@@ -196,6 +196,25 @@ def test_a_second_run_of_one_pipeline_waits_and_is_not_a_second_mirror_confirmat
     assert tagged(server) == members(0, 15)
 
 
+def test_a_killed_run_leaves_no_lock_behind(
+    server: OmnisendServer, config: dict[str, Any], where: Where, tmp_path: Path
+) -> None:
+    """kill -9 (an OOM kill, a node lost): the OS or the server drops its lock with it."""
+    config.update(where.settings())
+    killed = _Held(config, tmp_path / "killed", scenario("full_read_20.singer"))
+    assert eventually(where.pipeline_locked, timeout=60), killed.stderr()[-2000:]
+    killed.proc.kill()
+    killed.finish()
+    assert eventually(lambda: not where.pipeline_locked(), timeout=30)
+    run = run_target(
+        {**config, "fingerprint_store_lock_timeout": 0},
+        scenario("full_read_20.singer"),
+        workdir=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(run.states) == 1
+
+
 # -- a store failing mid-run -------------------------------------------------------------------
 
 
@@ -281,8 +300,9 @@ def test_an_unreachable_postgresql_store_stops_in_one_line_without_its_password(
             "fingerprint_store_path is a mysql:// URL; it takes a file path (SQLite) or a "
             "postgresql://",
         ),
+        ({"fingerprint_store_path": "."}, 1, "the fingerprint store . failed while opening it"),
     ],
-    ids=["broken-url", "schema-injection", "negative-timeout", "another-database"],
+    ids=["broken-url", "schema-injection", "negative-timeout", "another-database", "directory"],
 )
 def test_a_mistaken_store_setting_is_one_line_before_anything_is_sent(
     server: OmnisendServer,
