@@ -87,7 +87,8 @@ def test_the_plugin_definition_has_what_meltano_hub_needs() -> None:
     for key in ("keywords", "settings", "settings_group_validation", "repo", "docs"):
         assert hub[key], key
     assert hub["settings_group_validation"] == [["api_key"]]
-    assert hub["pip_url"] == "target-omnisend"  # the PyPI distribution, not a checkout path
+    # the PyPI distribution (with the PostgreSQL store's driver), not a checkout path
+    assert hub["pip_url"] == "target-omnisend[postgres]"
     unlabelled = [s["name"] for s in hub["settings"] if not (s.get("label") and s.get("kind"))]
     assert unlabelled == []
 

@@ -23,6 +23,10 @@ from tests.conftest import API_KEY
 from tests.harness import REPO, read_jsonl, sample_records, stored_email
 from tests.omnisend_server import OmnisendServer
 from tests.test_cli import expected_emails
+from tests.test_postgres_e2e import Cluster, cluster  # noqa: F401 (cluster: the fixture)
+
+#: Trust authentication accepts any password: this one must stay in .env and out of logs.
+STORE_PASSWORD = "newcomer-Store-pw-4f9e2"
 
 MELTANO = os.environ.get("MELTANO_BIN") or shutil.which("meltano")
 
@@ -108,10 +112,13 @@ def test_every_readme_code_block_with_a_meltano_command_is_run_by_the_newcomer_t
 
 
 def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
-    server: OmnisendServer, tmp_path: Path
+    server: OmnisendServer,
+    cluster: Cluster,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
 ) -> None:
     """A fresh `meltano init` project, the loader added with one command from the plugin
-    definition in the checkout, configured and run: the README's commands, as written."""
+    definition in the checkout, configured and run: the README's commands, as written
+    (the last of them move the fingerprint store to the suite's own PostgreSQL)."""
     script = "set -euo pipefail -v\n" + "\n".join(readme_meltano_blocks())
     proc = subprocess.run(
         ["bash", "-c", script],
@@ -124,6 +131,8 @@ def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
             "OMNISEND_API_KEY": API_KEY,
             # the one thing a real user does not set: the local server instead of Omnisend
             "TARGET_OMNISEND_API_URL": server.url,
+            "STORE_URL": f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres",
+            "STORE_PASSWORD": STORE_PASSWORD,
             # uv caches a build of a local checkout by its pyproject.toml alone: without
             # this, a test run after a code change would install the code of an older run
             "UV_NO_CACHE": "1",
@@ -149,5 +158,16 @@ def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
     [schedule] = meltano_yml["schedules"]
     assert (schedule["job"], schedule["interval"]) == ("omnisend-segments", "@daily")
     unchanged = re.findall(r"Summary for stream 'vip_buyers'.*?unchanged=(\d+)", proc.stderr)
-    assert len(unchanged) == 2 and int(unchanged[0]) == 0
+    assert len(unchanged) == 3 and int(unchanged[0]) == 0
     assert int(unchanged[1]) == len(expected_emails(records)), unchanged
+    # the store moved to PostgreSQL: said out loud, one full send, the password in .env only
+    assert int(unchanged[2]) == 0
+    assert proc.stderr.count("is new: every contact is sent") == 2  # SQLite, then PostgreSQL
+    assert "postgresql://postgres:***@127.0.0.1" in proc.stderr
+    assert STORE_PASSWORD not in proc.stdout + proc.stderr
+    assert STORE_PASSWORD not in (project / "meltano.yml").read_text()
+    assert STORE_PASSWORD in (project / ".env").read_text()
+    found = cluster.rows(
+        "postgres", "SELECT count(*) AS n FROM target_omnisend.contact_fingerprints"
+    )
+    assert found == [{"n": str(len(expected_emails(records)))}]
