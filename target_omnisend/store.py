@@ -9,7 +9,9 @@ for `PARTITION_TTL_DAYS` are dropped.
 
 Rows are written only after Omnisend confirmed the write (and the segment tag), and
 committed before STATE is emitted, so a crash can only make the next run send more,
-never less. A lost or deleted store costs a full send.
+never less. A lost or deleted store costs a full send and restarts mirror's staging,
+which is why a new or empty store is announced in one line (and why ephemeral runners
+keep it in PostgreSQL).
 
 The store also keeps mirror mode's *staged removals* per (account, tag): how many
 consecutive complete runs a tagged member was absent from (see `mirror.py`), and the

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from target_omnisend.mirror import decide
 from target_omnisend.store import (
     LAYOUT_VERSION,
     FingerprintStore,
@@ -293,6 +294,24 @@ def test_a_second_run_of_one_pipeline_waits_for_the_first_to_close(
     waiter.join(timeout=30)
     assert seen == {"a@example.com": FP[1]}
     second.close()
+
+
+@pytest.mark.parametrize(("overlapped", "removed"), [((), ["a@example.com"]), (("run-A",), [])])
+def test_a_stage_written_by_the_run_it_waited_for_is_not_counted_again(
+    overlapped: tuple[str, ...], removed: list[str]
+) -> None:
+    """Run B waited for run A of the same pipeline: A's stage is B's own, not a second."""
+    decision = decide(
+        10,
+        ["a@example.com"],
+        {"a@example.com": (1, "run-A")},
+        "run-B",
+        max_ratio=1.0,
+        confirm_runs=2,
+        overlapped=overlapped,
+    )
+    assert decision.remove == removed
+    assert decision.staged == ({} if removed else {"a@example.com": 1})
 
 
 # -- failures -----------------------------------------------------------------------------
