@@ -263,7 +263,17 @@ class PostgresSchema:
             self.url,
             poolclass=NullPool,
             isolation_level="AUTOCOMMIT",  # transactions are begun by hand (begin_sql)
-            connect_args={"connect_timeout": 10, "application_name": "target-omnisend"},
+            connect_args={
+                "connect_timeout": 10,
+                "application_name": "target-omnisend",  # what pg_stat_activity shows
+                # A run may sit idle on its connection for the length of a rate-limited
+                # send: keepalives stop a firewall from silently dropping it, and a dead
+                # peer is found in about a minute instead of never.
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
         )
         if read_only:
 
