@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
+import importlib
 import os
 import sqlite3
 import time
@@ -221,9 +221,13 @@ def _int32(*parts: str) -> int:
 
 
 def _pg_driver() -> str:
+    """psycopg 3 (the `[postgres]` extra), else psycopg2 if that is what is installed."""
     for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
-        if importlib.util.find_spec(module) is not None:
-            return driver
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return driver
     raise StoreUnusable(
         "a PostgreSQL fingerprint_store_path needs a PostgreSQL driver: "
         "pip install 'target-omnisend[postgres]'"

@@ -320,3 +320,25 @@ def test_a_mistaken_store_setting_is_one_line_before_anything_is_sent(
     assert expected in line
     assert "Traceback" not in run.output
     assert server.count(method="POST") == 0
+
+
+def test_a_postgresql_store_without_its_driver_names_the_extra_to_install(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """An install without the `[postgres]` extra: the drivers cannot be imported."""
+    blocked = tmp_path / "no-drivers"
+    for module in ("psycopg", "psycopg2"):
+        (blocked / module).mkdir(parents=True)
+        (blocked / module / "__init__.py").write_text("raise ImportError('not installed')\n")
+    config["fingerprint_store_path"] = "postgresql://omnisend@127.0.0.1:5432/segments"
+    run = run_target(
+        config,
+        scenario("full_read_20.singer"),
+        workdir=tmp_path,
+        env={"PYTHONPATH": str(blocked)},
+    )
+    assert run.returncode == 1
+    assert run.stdout == ""
+    (line,) = errors(run)
+    assert "needs a PostgreSQL driver: pip install 'target-omnisend[postgres]'" in line
+    assert server.count(method="POST") == 0
