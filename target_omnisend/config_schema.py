@@ -344,8 +344,37 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         th.StringType,
         default=DEFAULT_STORE,
         title="Fingerprint store",
-        description="SQLite file remembering what Omnisend confirmed, so re-runs send only "
-        "what changed. Empty disables it (every run sends everything).",
+        description="Where the target remembers what Omnisend confirmed, so re-runs send only "
+        "what changed (and mirror stages removals): an SQLite file, or a PostgreSQL URL "
+        "postgresql://user@host:port/dbname for containers and ephemeral runners (needs pip "
+        "install 'target-omnisend[postgres]'; put the password in fingerprint_store_password). "
+        "Empty disables it (every run sends everything).",
+    ),
+    th.Property(
+        "fingerprint_store_schema",
+        th.StringType(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"),
+        default="target_omnisend",
+        title="Fingerprint store schema",
+        description="PostgreSQL store only: the schema holding the store's tables (created on "
+        "first use if the user may). Letters, digits and underscores.",
+    ),
+    th.Property(
+        "fingerprint_store_password",
+        th.StringType,
+        secret=True,
+        title="Fingerprint store password",
+        description="PostgreSQL store only: the database password, when the URL in "
+        "fingerprint_store_path has none. Never logged.",
+    ),
+    _bounded(
+        "fingerprint_store_lock_timeout",
+        th.NumberType,
+        60,
+        (0, 86_400),
+        title="Fingerprint store lock timeout",
+        description="Seconds a run waits while another run of the same pipeline (same "
+        "account, stream and mapping) uses the store; then it stops in one line. 0 = stop at "
+        "once. Runs of different pipelines never wait for each other",
     ),
     th.Property(
         "full_refresh",

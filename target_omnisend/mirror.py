@@ -42,9 +42,12 @@ def decide(
     *,
     max_ratio: float,
     confirm_runs: int,
+    overlapped: Container[str] = (),
 ) -> MirrorDecision:
     """Pure: absent members are removed once absent `confirm_runs` runs in a row, unless
-    this run's absent share exceeds `max_ratio` (then nothing at all changes)."""
+    this run's absent share exceeds `max_ratio` (then nothing at all changes). A stage
+    written by a run this one overlapped (`overlapped`: it waited for it) is not counted
+    again: two runs of one pipeline at once read the same source."""
     ratio = len(absent) / tagged if tagged else 0.0
     if ratio > max_ratio:
         return MirrorDecision(
@@ -55,7 +58,7 @@ def decide(
     staged: dict[str, int] = {}
     for email in absent:
         runs, last_run = previous.get(email, (0, ""))
-        runs = runs if last_run == run_id else runs + 1
+        runs = runs if last_run == run_id or last_run in overlapped else runs + 1
         if runs >= confirm_runs:
             remove.append(email)
         else:
@@ -152,9 +155,14 @@ def mirror_tag(
         run_id,
         max_ratio=max_ratio,
         confirm_runs=confirm_runs,
+        overlapped=store.overlapped_runs,
     )
-    retag = missing_members(
-        store.members(run.parts, lambda email: member_key(email) in present), listed, run.tagged_now
+    # Filtered while the store pages through the partition: only the few missing the
+    # tag are held, not every present member.
+    retag = store.members(
+        run.parts,
+        lambda email: member_key(email) in present
+        and bool(missing_members([email], listed, run.tagged_now)),
     )
     # Members are members whatever the guards say about leavers: the tag goes back on.
     writer.add_tags(tag, retag)

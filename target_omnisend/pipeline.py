@@ -77,6 +77,8 @@ class RunPipeline:
         self.client = client
         self.store = store
         self.outcomes = Outcomes(settings.rejected_records_path, logger)
+        if store is not None:  # staged removals and partitions name the same run
+            store.run_id = self.outcomes.run_id
         self.progress = ProgressReporter(self.outcomes, logger, settings.progress_interval)
         self.started_at = time.monotonic()
         self.cancelled = False
@@ -123,6 +125,10 @@ class RunPipeline:
                 settings.fingerprint_store_path,
                 account_scope(settings.api_url, settings.api_key),
                 settings.mapping_hash(),
+                schema=settings.fingerprint_store_schema,
+                password=settings.fingerprint_store_password,
+                lock_timeout=settings.fingerprint_store_lock_timeout,
+                logger=logger,
             )
             if settings.fingerprint_store_path
             else None

@@ -3,10 +3,14 @@ shipped to places (CI, log aggregators) that the profile data never should be.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 
+#: The store URL as Meltano passes it (it may carry a password).
+_STORE_URL_VARIABLE = "TARGET_OMNISEND_FINGERPRINT_STORE_PATH"
 #: Anything shaped like an email address, wherever it sits in a text (the server may
 #: echo one inside a sentence, a quoted value or a JSON fragment).
 _EMAIL_IN_TEXT = re.compile(r"[^\s@\"'<>(),;:\[\]{}]{1,64}@[^\s@\"'<>(),;:\[\]{}]{1,255}")
@@ -75,11 +79,26 @@ def mask_server_text(text: str, limit: int = MAX_SERVER_TEXT) -> str:
     return text.strip()
 
 
+def _store_secrets(config: Mapping[str, object]) -> list[str]:
+    """The fingerprint store's password: its own setting, or one written into the URL."""
+    found = [config.get("fingerprint_store_password")]
+    url = config.get("fingerprint_store_path")
+    if isinstance(url, str) and "://" in url:
+        with contextlib.suppress(ValueError):
+            raw = urllib.parse.urlsplit(url).password or ""
+            found += [raw, urllib.parse.unquote(raw)]  # as written, and as the driver sees it
+    return [value for value in found if isinstance(value, str) and value]
+
+
 def secrets_in_use(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
-    """Every API key this process may hold, for redacting its final error line: variables
-    named `*API_KEY` and the `api_key` of each `--config` file (an exception text may
-    quote a key from either, e.g. http.client quoting a header)."""
-    found = [value for name, value in environ.items() if name.upper().endswith("API_KEY")]
+    """Every API key and store password this process may hold, for redacting its final
+    error line: variables named `*API_KEY` or `*PASSWORD`, the store URL's password, and
+    the same in each `--config` file (an exception text may quote a secret from either,
+    e.g. http.client quoting a header)."""
+    found = [
+        value for name, value in environ.items() if name.upper().endswith(("API_KEY", "PASSWORD"))
+    ]
+    found += _store_secrets({"fingerprint_store_path": environ.get(_STORE_URL_VARIABLE)})
     paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
     paths += [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
     for path in paths:
@@ -88,6 +107,8 @@ def secrets_in_use(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]
                 config = json.load(fh)
         except (OSError, ValueError, RecursionError):
             continue
+        if isinstance(config, dict):
+            found += _store_secrets(config)
         key = config.get("api_key") if isinstance(config, dict) else None
         if isinstance(key, str):
             found.append(key)

@@ -86,6 +86,11 @@ class Settings:
     #: Per-stream names (stream name after stream maps -> name template; "" = none).
     segment_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
     segment_overwrite: bool = False
+    #: The PostgreSQL store's schema and password (unused by an SQLite file).
+    fingerprint_store_schema: str = "target_omnisend"
+    fingerprint_store_password: str | None = None
+    #: Seconds a run waits for another run of the same pipeline to release the store.
+    fingerprint_store_lock_timeout: float = 60.0
 
     def segment_name_for(self, stream: str) -> str:
         """The saved segment's name for a stream ("" = none)."""
@@ -344,4 +349,7 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         segment_name=segment_name,
         segment_names=per_stream_names,
         segment_overwrite=bool(config.get("segment_overwrite", False)),
+        fingerprint_store_schema=_default(config, "fingerprint_store_schema"),
+        fingerprint_store_password=config.get("fingerprint_store_password") or None,
+        fingerprint_store_lock_timeout=_number(config, "fingerprint_store_lock_timeout"),
     )

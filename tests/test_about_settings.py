@@ -87,7 +87,8 @@ def test_the_plugin_definition_has_what_meltano_hub_needs() -> None:
     for key in ("keywords", "settings", "settings_group_validation", "repo", "docs"):
         assert hub[key], key
     assert hub["settings_group_validation"] == [["api_key"]]
-    assert hub["pip_url"] == "target-omnisend"  # the PyPI distribution, not a checkout path
+    # the PyPI distribution (with the PostgreSQL store's driver), not a checkout path
+    assert hub["pip_url"] == "target-omnisend[postgres]"
     unlabelled = [s["name"] for s in hub["settings"] if not (s.get("label") and s.get("kind"))]
     assert unlabelled == []
 
@@ -184,7 +185,10 @@ def test_api_key_is_a_secret_in_meltano(
     secret_like = [
         n for n in meltano_settings if n.endswith(("_key", "secret", "token", "password"))
     ]
-    assert secret_like == ["api_key"]
+    assert secret_like == ["api_key", "fingerprint_store_password"]
+    for name in secret_like:  # Meltano keeps them in .env, never in meltano.yml
+        assert meltano_settings[name]["kind"] == "password"
+        assert meltano_settings[name]["sensitive"] is True
 
 
 def test_meltano_yml_capabilities_match_the_target(

@@ -24,6 +24,10 @@ from tests.conftest import API_KEY
 from tests.harness import REPO, read_jsonl, sample_records, stored_email
 from tests.omnisend_server import OmnisendServer
 from tests.test_cli import expected_emails
+from tests.test_postgres_e2e import Cluster, cluster  # noqa: F401 (cluster: the fixture)
+
+#: Trust authentication accepts any password: this one must stay in .env and out of logs.
+STORE_PASSWORD = "newcomer-Store-pw-4f9e2"
 
 MELTANO = os.environ.get("MELTANO_BIN") or shutil.which("meltano")
 
@@ -117,10 +121,13 @@ def test_every_readme_code_block_with_a_meltano_command_is_run_by_the_newcomer_t
 
 
 def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
-    server: OmnisendServer, tmp_path: Path
+    server: OmnisendServer,
+    cluster: Cluster,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
 ) -> None:
     """A fresh `meltano init` project, the loader added with one command from the plugin
-    definition in the checkout, configured and run: the README's commands, as written."""
+    definition in the checkout, configured and run: the README's commands, as written
+    (the last of them move the fingerprint store to the suite's own PostgreSQL)."""
     script = "set -euo pipefail -v\n" + "\n".join(readme_meltano_blocks())
     proc = subprocess.run(
         ["bash", "-c", script],
@@ -133,6 +140,8 @@ def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
             "OMNISEND_API_KEY": API_KEY,
             # the one thing a real user does not set: the local server instead of Omnisend
             "TARGET_OMNISEND_API_URL": server.url,
+            "STORE_URL": f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres",
+            "STORE_PASSWORD": STORE_PASSWORD,
             # uv caches a build of a local checkout by its pyproject.toml alone: without
             # this, a test run after a code change would install the code of an older run
             "UV_NO_CACHE": "1",
@@ -156,12 +165,23 @@ def test_newcomer_path_from_the_readme_delivers_the_sample_segment(
     # the nightly schedule is there, and its job ran: the second run found nothing new
     meltano_yml = yaml.safe_load((project / "meltano.yml").read_text())
     [loader] = meltano_yml["plugins"]["loaders"]
-    assert loader["pip_url"] == str(REPO)  # installs from a fresh shell, nothing exported
+    assert loader["pip_url"] == f"{REPO}[postgres]"  # a fresh shell installs it, no exports
     [schedule] = meltano_yml["schedules"]
     assert (schedule["job"], schedule["interval"]) == ("omnisend-segments", "@daily")
     unchanged = re.findall(r"Summary for stream 'vip_buyers'.*?unchanged=(\d+)", proc.stderr)
-    assert len(unchanged) == 2 and int(unchanged[0]) == 0
+    assert len(unchanged) == 3 and int(unchanged[0]) == 0
     assert int(unchanged[1]) == len(expected_emails(records)), unchanged
+    # the store moved to PostgreSQL: said out loud, one full send, the password in .env only
+    assert int(unchanged[2]) == 0
+    assert proc.stderr.count("is new: every contact is sent") == 2  # SQLite, then PostgreSQL
+    assert "postgresql://postgres:***@127.0.0.1" in proc.stderr
+    assert STORE_PASSWORD not in proc.stdout + proc.stderr
+    assert STORE_PASSWORD not in (project / "meltano.yml").read_text()
+    assert STORE_PASSWORD in (project / ".env").read_text()
+    found = cluster.rows(
+        "postgres", "SELECT count(*) AS n FROM target_omnisend.contact_fingerprints"
+    )
+    assert found == [{"n": str(len(expected_emails(records)))}]
     # Log lines of the README's `meltano run`: none per record. The sample's 39 rejected
     # records have two reasons (missing, invalid email): three lines each, the rest counted.
     first_run = proc.stderr.split("meltano run tap-jsonl target-omnisend\n", 1)[1]
