@@ -161,8 +161,9 @@ def mirror_tag(
     # tag are held, not every present member.
     retag = store.members(
         run.parts,
-        lambda email: member_key(email) in present
-        and bool(missing_members([email], listed, run.tagged_now)),
+        lambda email: (
+            member_key(email) in present and bool(missing_members([email], listed, run.tagged_now))
+        ),
     )
     # Members are members whatever the guards say about leavers: the tag goes back on.
     writer.add_tags(tag, retag)

@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -23,6 +22,7 @@ from target_omnisend.plugin_definition import full_schema
 from tests.conftest import API_KEY
 from tests.harness import REPO, read_jsonl, sample_records, stored_email
 from tests.omnisend_server import OmnisendServer
+from tests.readme import MARKER, readme_code_blocks, readme_meltano_blocks
 from tests.test_cli import expected_emails
 from tests.test_postgres_e2e import Cluster, cluster  # noqa: F401 (cluster: the fixture)
 
@@ -73,34 +73,6 @@ def test_meltano_run_delivers_the_sample_segment(server: OmnisendServer, tmp_pat
     # No segment_name value in meltano.yml: the default applies, one saved segment.
     assert [s["name"] for s in server.segments()] == ["vip_buyers"]
     assert API_KEY not in output
-
-
-#: The line before a README code block that holds Meltano commands a user types.
-MARKER = "<!-- meltano-commands:"
-
-
-def readme_code_blocks(*, with_language: bool = False) -> list[Any]:
-    """(line before the fence, body) of every fenced code block of the README, or (line
-    before, language, body) `with_language`."""
-    blocks: list[Any] = []
-    body: list[str] | None = None
-    before = previous = language = ""
-    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            if body is None:
-                body, before, language = [], previous, line[3:].strip()
-            else:
-                text = "\n".join(body) + "\n"
-                blocks.append((before, language, text) if with_language else (before, text))
-                body = None
-        elif body is not None:
-            body.append(line)
-        previous = line
-    return blocks
-
-
-def readme_meltano_blocks() -> list[str]:
-    return [body for before, body in readme_code_blocks() if before.startswith(MARKER)]
 
 
 #: Meltano commands run elsewhere: the Postgres example needs a PostgreSQL server.

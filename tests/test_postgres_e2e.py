@@ -40,7 +40,7 @@ import yaml
 from tests.conftest import API_KEY
 from tests.harness import REPO, TARGET_BIN, read_jsonl, stored_email
 from tests.omnisend_server import OmnisendServer
-from tests.test_meltano import readme_code_blocks, readme_meltano_blocks
+from tests.readme import readme_code_blocks, readme_meltano_blocks
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ import pytest
 from tests.conftest import API_KEY
 from tests.harness import REPO, sample_records, stored_email
 from tests.omnisend_server import OmnisendServer
+from tests.readme import readme_code_blocks
 from tests.test_cli import expected_emails
-from tests.test_meltano import readme_code_blocks
 
 #: marker → the test file that runs the blocks it marks.
 MARKERS = {

@@ -187,7 +187,13 @@ def test_a_second_run_of_one_pipeline_waits_and_is_not_a_second_mirror_confirmat
     assert len(waited.states) == 1
     summary = json.loads((tmp_path / "second.json").read_text())
     assert summary["streams"]["vip"]["unchanged"] == 15  # it read what the first wrote
-    assert summary["mirror"][TAG] == {"removed": 0, "tagged": 20, "staged": 5}
+    assert summary["mirror"][TAG] == {
+        "removed": 0,
+        "tagged": 20,
+        "staged": 5,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
     assert tagged(server) == members(0, 20)
 
     # The next night is the second confirmation.
