@@ -29,6 +29,7 @@ MARKERS = {
     "<!-- meltano-commands:": "tests/test_meltano.py",
     "<!-- postgres-example:": "tests/test_postgres_e2e.py",
     "<!-- plain-pipe:": "tests/test_readme_examples.py",
+    "<!-- store-sql:": "tests/test_store.py",
     "<!-- dev-commands:": ".ci/run",
 }
 
