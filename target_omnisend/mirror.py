@@ -1,5 +1,7 @@
-"""Mirror mode: contacts that left the segment lose its tag — only under guards, and
-only after they stayed away for `mirror_confirm_runs` complete runs in a row.
+"""Mirror mode: contacts that left the segment lose its tag (or membership property) —
+only under guards, and only after they stayed away for `mirror_confirm_runs` complete
+runs in a row. Which of the two it is does not matter here: `Members` lists and removes
+through the stream's membership route (`membership.py`).
 
 Omnisend is the source of truth for who carries the tag (listed from it, not from our
 store); the run's seen-set says who was in the segment this time. The target cannot
@@ -14,13 +16,27 @@ leaving) removes and stages nothing. Contacts are never deleted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from target_omnisend.mapping import normalize_email
 from target_omnisend.store import FingerprintStore
-from target_omnisend.writer import Writer
+
+
+class Members(Protocol):
+    """Omnisend's members of one segment, whichever way membership is written."""
+
+    #: Whether removals reach Omnisend (False: a dry run writes them to its file).
+    sends: bool
+    #: "tag 'segment:vip'" / "property 'in_vip'", for the log.
+    label: str
+
+    def listed(self) -> Iterable[str]:
+        """Emails Omnisend holds as members (a read)."""
+
+    def remove(self, emails: list[str]) -> int:
+        """Take these members out; how many Omnisend confirmed."""
 
 
 @dataclass(frozen=True)
@@ -74,17 +90,18 @@ def mirror_tag(
     tag: str,
     *,
     present: Container[str],
-    writer: Writer,
+    members: Members,
     store: FingerprintStore,
     run_id: str,
     max_ratio: float,
     confirm_runs: int,
     logger: logging.Logger,
 ) -> dict[str, Any]:
-    """List who carries `tag`, decide, act (or, for a dry-run writer, write the plan)."""
+    """List who carries `tag` (the membership key), decide, act (or, for a dry-run
+    writer, write the plan)."""
     tagged = 0
     absent: list[str] = []
-    for email in writer.tagged_members(tag):
+    for email in members.listed():
         tagged += 1
         if _member_key(email) not in present:
             absent.append(email)  # removed by the identity Omnisend listed
@@ -97,23 +114,31 @@ def mirror_tag(
         confirm_runs=confirm_runs,
     )
     if decision.refused:
-        logger.warning("Mirror of tag '%s' removed nothing: %s", tag, decision.refused)
+        logger.warning("Mirror of %s removed nothing: %s", members.label, decision.refused)
         return {"removed": 0, "tagged": tagged, "skipped": decision.refused}
     # Forget first: if the untag is applied but its answer is lost (the run then fails),
     # a member who comes back must be sent and tagged again, not skipped as unchanged.
     store.forget_tagged(tag, decision.remove)
     store.record_absences(tag, decision.staged, run_id)
     store.commit()
-    writer.remove_tags(tag, decision.remove)
-    verb = "lost" if writer.sends else "would lose"
+    confirmed = members.remove(decision.remove) if decision.remove else 0
+    if confirmed < len(decision.remove):
+        logger.warning(
+            "Mirror of %s: Omnisend did not confirm %d of %d removal(s); those contacts are "
+            "still members and are found absent again by the next complete run",
+            members.label,
+            len(decision.remove) - confirmed,
+            len(decision.remove),
+        )
+    verb = "lost" if members.sends else "would lose"
     logger.info(
-        "Mirror of tag '%s': %d of %d tagged contact(s) %s the tag; %d more absent, kept "
+        "Mirror of %s: %d of %d member(s) %s it; %d more absent, kept "
         "until absent from %d complete run(s) in a row (mirror_confirm_runs)",
-        tag,
+        members.label,
         len(decision.remove),
         tagged,
         verb,
         len(decision.staged),
         confirm_runs,
     )
-    return {"removed": len(decision.remove), "tagged": tagged, "staged": len(decision.staged)}
+    return {"removed": confirmed, "tagged": tagged, "staged": len(decision.staged)}

@@ -169,6 +169,7 @@ class OmnisendServer:
         api_key_scopes: Mapping[str, Iterable[str]] | None = None,
         slow_segment_posts: int = 0,
         slow_segment_post_seconds: float = 11.0,
+        custom_properties_update: str = "merge",
     ) -> None:
         scopes = {key: frozenset(granted) for key, granted in (api_key_scopes or {}).items()}
         keys = tuple(dict.fromkeys([*api_keys, *scopes]))
@@ -182,7 +183,12 @@ class OmnisendServer:
         self.latency = (float(latency[0]), float(latency[1]))
         self._latency_rng = random.Random(seed + 1)
         self._latency_lock = threading.Lock()
-        self._store = Store(keys, seed, tag_history_seconds=segment_stats_lag)
+        self._store = Store(
+            keys,
+            seed,
+            tag_history_seconds=segment_stats_lag,
+            custom_properties_update=custom_properties_update,
+        )
         self._faults = FaultBook(seed)
         self._standing = self._standing_faults(slow_segment_posts, slow_segment_post_seconds)
         self._limiter = RateLimiter(

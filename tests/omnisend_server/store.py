@@ -153,12 +153,24 @@ def email_status(contact: Contact) -> str | None:
     return ident["channels"]["email"]["status"] if ident else None
 
 
+CUSTOM_PROPERTIES_UPDATES = ("merge", "replace")
+
+
 class Store:
     """Accounts keyed by API key. Callers hold `lock` around anything that must be atomic."""
 
     def __init__(
-        self, api_keys: tuple[str, ...], seed: int = 0, tag_history_seconds: float = 0.0
+        self,
+        api_keys: tuple[str, ...],
+        seed: int = 0,
+        tag_history_seconds: float = 0.0,
+        custom_properties_update: str = "merge",
     ) -> None:
+        if custom_properties_update not in CUSTOM_PROPERTIES_UPDATES:
+            raise ValueError(f"custom_properties_update must be one of {CUSTOM_PROPERTIES_UPDATES}")
+        #: Omnisend does not document whether `customProperties` in an update merges
+        #: with the contact's other properties or replaces them all: both, by knob.
+        self.custom_properties_update = custom_properties_update
         self.lock = threading.RLock()
         self.new_id: Callable[..., str] = IdFactory(seed)
         self.accounts = {key: Account(key) for key in api_keys}
@@ -220,6 +232,8 @@ class Store:
                 contact.pop(name, None)
             else:
                 contact[name] = value
+        if self.custom_properties_update == "replace" and write.custom_properties is not None:
+            contact["customProperties"] = {}  # the undocumented other reading: replace all
         props = contact.setdefault("customProperties", {})
         for name, value in (write.custom_properties or {}).items():
             if value is None:
@@ -323,7 +337,7 @@ class Store:
                 wanted = (
                     (tag is None or tag in contact["tags"])
                     and (status is None or email_status(contact) == status)
-                    and (segment is None or matches(segment.condition_groups, contact["tags"]))
+                    and (segment is None or self._member(segment, contact))
                 )
                 if seq >= start and wanted:
                     yield seq, contact
@@ -332,11 +346,15 @@ class Store:
             contact = account.contacts[account.order[seq]]
             if tag is not None and tag not in contact["tags"]:
                 continue
-            if segment is not None and not matches(segment.condition_groups, contact["tags"]):
+            if segment is not None and not self._member(segment, contact):
                 continue
             if status is not None and email_status(contact) != status:
                 continue
             yield seq, contact
+
+    @staticmethod
+    def _member(segment: Any, contact: Contact) -> bool:
+        return matches(segment.condition_groups, contact["tags"], contact.get("customProperties"))
 
     def change_tags(
         self, account: Account, tags: list[str], contact_ids: list[str], *, add: bool
