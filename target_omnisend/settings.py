@@ -386,7 +386,8 @@ def _membership_template(config: Mapping[str, Any], segment_tag: str) -> str:
     """The `membership_property` template ("" = unset). Checked now as far as it can be
     without a stream name: the text around `{stream_name}` must already be a name
     Omnisend would take. A `segment_tag` set explicitly beside it is refused: the tag
-    would cost the very tag calls the property exists to avoid (see the README)."""
+    would cost the very tag calls the property exists to avoid (see the README); the
+    default one is simply not written."""
     raw = config.get("membership_property")
     if raw is None or raw == "":
         return ""
@@ -394,7 +395,8 @@ def _membership_template(config: Mapping[str, Any], segment_tag: str) -> str:
     problem = property_name_problem(template.format(stream_name="s"))
     if problem:
         raise ConfigError(f"membership_property {template!r} {problem}")
-    if config.get("segment_tag") and segment_tag:
+    # The SDK fills in the default: only a tag other than the default counts as set.
+    if segment_tag and segment_tag != setting("segment_tag")["default"]:
         raise ConfigError(
             "segment_tag and membership_property are both set: membership is written one "
             "way; remove segment_tag (or set it to '') to use the property, or remove "

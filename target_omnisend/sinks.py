@@ -34,6 +34,9 @@ class ContactsSink(BatchSink):
         self.mapping = target.pipeline.settings.mapping
         self._date_plan: tuple[dict, frozenset[str], frozenset[str]] | None = None
         super().__init__(target, *args, **kwargs)
+        # A membership property this stream's name makes unusable stops the run now, at
+        # its SCHEMA, before any of its records is read.
+        target.pipeline.settings.membership_for(self.stream_name)
 
     @property
     def datetime_error_treatment(self) -> DatetimeErrorTreatmentEnum:

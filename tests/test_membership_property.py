@@ -1,0 +1,282 @@
+"""Issue 23: segment membership written as a custom property inside the batch items
+(`membership_property`), instead of the segment tag and its 60/min tags endpoint.
+
+Every test runs the real CLI against the local Omnisend-compatible server and checks
+what Omnisend ends with: contacts' custom properties, the saved segment's rule, its
+members as `GET /contacts?segmentID=` and statistics list them, and the requests the
+server saw. Omnisend does not document whether `customProperties` in an update merges
+with a contact's other custom properties or replaces them: both behaviours are run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import API_KEY
+from tests.harness import read_jsonl, run_target, stored_email
+from tests.omnisend_server import OmnisendServer
+from tests.test_omnisend_server import Api
+
+DATA = Path(__file__).parent / "data_files"
+FULL_20 = DATA / "pipeline" / "full_read_20.singer"
+FULL_15_OF_20 = DATA / "pipeline" / "full_read_15_of_20.singer"
+PROPERTY = "in_vip"  # membership_property "in_{stream_name}" for the stream "vip"
+LEAVERS = {f"member{i}@example.com" for i in range(15, 20)}
+MODES = ("merge", "replace")
+
+
+def property_rule(name: str) -> list[dict[str, Any]]:
+    """The documented custom-property rule (2026-03-15 Segments API)."""
+    flt = {
+        "operator": "equals",
+        "property": "custom",
+        "name": name,
+        "valueType": "bool",
+        "value": True,
+    }
+    return [{"conditions": [{"entity": "contact", "junction": "and", "filters": [flt]}]}]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def mode_server(mode: str) -> Any:
+    with OmnisendServer(api_keys=(API_KEY,), custom_properties_update=mode) as srv:
+        yield srv
+
+
+@pytest.fixture
+def prop_config(mode_server: OmnisendServer, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "api_key": API_KEY,
+        "api_url": mode_server.url,
+        "rejected_records_path": str(tmp_path / "rejected.jsonl"),
+        "batch_poll_interval": 0.05,
+        "custom_properties": {"loyalty_tier": "loyalty_tier"},
+        "membership_property": "in_{stream_name}",
+        "fingerprint_store_path": str(tmp_path / "store" / "fingerprints.sqlite"),
+        "summary_path": str(tmp_path / "summary.json"),
+    }
+
+
+def run_ok(config: dict[str, Any], singer: Path | list[str], tmp_path: Path) -> str:
+    messages = lines(singer) if isinstance(singer, Path) else singer
+    run = run_target(config, messages, workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stderr
+
+
+def requests_seen(server: OmnisendServer, method: str, path: str) -> int:
+    return sum(1 for e in server.request_log() if e.method == method and e.path == path)
+
+
+def segment_members(server: OmnisendServer, segment_id: str) -> set[str]:
+    """Members as a user of Omnisend's API lists them: `GET /contacts?segmentID=`."""
+    api = Api(server.url, key=API_KEY)
+    reply = api.get("/contacts", params={"segmentID": segment_id, "limit": 250})
+    assert reply.status_code == 200, reply.text
+    return {stored_email(c) for c in reply.json()["contacts"]}
+
+
+def statistics(server: OmnisendServer, segment_id: str) -> int:
+    reply = Api(server.url, key=API_KEY).get(f"/segments/{segment_id}/statistics")
+    assert reply.status_code == 200, reply.text
+    return int(reply.json()["contactsCount"])
+
+
+def summary(config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(Path(config["summary_path"]).read_text())
+
+
+def test_members_carry_the_property_in_their_batch_item_and_need_no_tag_call(
+    mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+) -> None:
+    log = run_ok(prop_config, FULL_20, tmp_path)
+
+    contacts = {stored_email(c): c for c in mode_server.contacts()}
+    assert len(contacts) == 20
+    for contact in contacts.values():
+        assert contact["customProperties"][PROPERTY] is True
+        assert contact["customProperties"]["loyalty_tier"] in {"gold", "silver", "platinum"}
+        assert contact["tags"] == []  # no segment tag: membership is the property
+    assert requests_seen(mode_server, "POST", "/contacts/tags") == 0
+    assert requests_seen(mode_server, "POST", "/batches") == 1  # 20 contacts, one batch
+
+    [segment] = mode_server.segments()
+    assert segment["name"] == "vip" and segment["conditionGroups"] == property_rule(PROPERTY)
+    assert segment_members(mode_server, segment["segmentID"]) == set(contacts)
+    assert statistics(mode_server, segment["segmentID"]) == 20
+    [reported] = summary(prop_config)["segments"]
+    assert reported["action"] == "created" and reported["tag"] == f"custom:{PROPERTY}"
+    assert f"property '{PROPERTY}'" in log
+
+    # A re-run: the property is part of each fingerprint, so nothing is sent again.
+    writes = requests_seen(mode_server, "POST", "/batches")
+    run_ok(prop_config, FULL_20, tmp_path)
+    assert requests_seen(mode_server, "POST", "/batches") == writes
+    assert summary(prop_config)["streams"]["vip"]["unchanged"] == 20
+
+
+def test_mirror_writes_false_to_leavers_through_batches(
+    mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+) -> None:
+    prop_config |= {"sync_mode": "mirror", "mirror_confirm_runs": 2}
+    run_ok(prop_config, FULL_20, tmp_path)
+    [segment] = mode_server.segments()
+
+    first_absence = run_ok(prop_config, FULL_15_OF_20, tmp_path)  # staged, not removed
+    assert "0 of 20 member(s) lost it; 5 more absent" in first_absence
+    assert segment_members(mode_server, segment["segmentID"]) == {
+        stored_email(c) for c in mode_server.contacts()
+    }
+
+    batches_before = requests_seen(mode_server, "POST", "/batches")
+    log = run_ok(prop_config, FULL_15_OF_20, tmp_path)
+    assert f"Mirror of property '{PROPERTY}': 5 of 20 member(s) lost it" in log
+    assert summary(prop_config)["mirror"][f"custom:{PROPERTY}"]["removed"] == 5
+    contacts = {stored_email(c): c for c in mode_server.contacts()}
+    for email in LEAVERS:
+        assert contacts[email]["customProperties"][PROPERTY] is False
+    stayers = set(contacts) - LEAVERS
+    assert all(contacts[e]["customProperties"][PROPERTY] is True for e in stayers)
+    assert segment_members(mode_server, segment["segmentID"]) == stayers
+    assert statistics(mode_server, segment["segmentID"]) == 15
+    # One batch of 5 removals; no tag endpoint at all, in any run.
+    assert requests_seen(mode_server, "POST", "/batches") == batches_before + 1
+    assert requests_seen(mode_server, "DELETE", "/contacts/tags") == 0
+    assert requests_seen(mode_server, "POST", "/contacts/tags") == 0
+    # The removal never touches the subscription status, whatever the merge mode.
+    leaver = contacts["member19@example.com"]["identifiers"][0]["channels"]["email"]
+    assert leaver["status"] == "nonSubscribed"
+
+    # A leaver who comes back is a member again (its fingerprint was forgotten).
+    run_ok(prop_config, FULL_20, tmp_path)
+    assert segment_members(mode_server, segment["segmentID"]) == set(contacts)
+
+
+def test_another_tools_custom_property_under_merge_and_replace(
+    mode: str, mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """What Omnisend's undocumented update semantics do to a property another tool set
+    on the same contact (a CRM's score): kept under merge, wiped under replace."""
+    api = Api(mode_server.url, key=API_KEY)
+    body = {
+        "identifiers": [{"type": "email", "id": "member3@example.com"}],
+        "customProperties": {"crm_score": 7},
+    }
+    assert api.post("/contacts", json=body).status_code == 201
+
+    run_ok(prop_config, FULL_20, tmp_path)
+
+    props = mode_server.contact("member3@example.com")["customProperties"]
+    assert props[PROPERTY] is True and "loyalty_tier" in props
+    if mode == "merge":
+        assert props["crm_score"] == 7
+    else:
+        assert "crm_score" not in props  # replace: what the README warns about
+
+
+def test_dry_run_shows_the_property_the_rule_and_the_removals(
+    mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+) -> None:
+    prop_config |= {"sync_mode": "mirror", "mirror_confirm_runs": 1}
+    run_ok(prop_config, FULL_20, tmp_path)
+    before = len(mode_server.request_log())
+    dry = tmp_path / "dry.jsonl"
+    log = run_ok(
+        prop_config | {"dry_run": True, "dry_run_path": str(dry), "full_refresh": True},
+        FULL_15_OF_20,
+        tmp_path,
+    )
+    planned = read_jsonl(dry)
+    posts = [p for p in planned if p["path"] == "/api/batches"]
+    items = [item for p in posts for item in p["body"]["items"]]
+    marked = [i for i in items if i["customProperties"].get(PROPERTY) is True]
+    removals = [i for i in items if i["customProperties"].get(PROPERTY) is False]
+    assert len(marked) == 15
+    assert {i["identifiers"][0]["id"] for i in removals} == LEAVERS
+    assert all(set(i) == {"identifiers", "customProperties"} for i in removals)
+    assert not [p for p in planned if "/contacts/tags" in p["path"]]
+    assert "would lose it" in log
+    # Nothing was written to Omnisend: only reads.
+    assert all(e.method == "GET" for e in mode_server.request_log()[before:])
+
+
+def test_dry_run_plans_the_property_segment(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    dry = tmp_path / "dry.jsonl"
+    config |= {"membership_property": "in_{stream_name}", "dry_run": True}
+    run_ok(config | {"dry_run_path": str(dry)}, FULL_20, tmp_path)
+    [segment_post] = [p for p in read_jsonl(dry) if p["path"] == "/api/segments"]
+    assert segment_post["body"]["conditionGroups"] == property_rule(PROPERTY)
+    assert server.segments() == [] and server.contacts() == []
+
+
+def test_switching_from_tag_to_property_costs_one_full_send_announced_once(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    config |= {
+        "fingerprint_store_path": str(tmp_path / "store.sqlite"),
+        "summary_path": str(tmp_path / "summary.json"),
+    }
+    run_ok(config, FULL_20, tmp_path)  # membership by tag (the default)
+    [segment] = server.segments()
+
+    log = run_ok(config | {"membership_property": "in_{stream_name}"}, FULL_20, tmp_path)
+    warnings = [line for line in log.splitlines() if "membership switches" in line]
+    assert len(warnings) == 1
+    assert "from tag 'segment:vip' to property 'in_vip'" in warnings[0]
+    assert "one full send" in warnings[0]
+    assert summary(config)["streams"]["vip"]["delivered"] == 20
+    [after] = server.segments()  # the same segment, now following the property
+    assert after["segmentID"] == segment["segmentID"]
+    assert after["conditionGroups"] == property_rule(PROPERTY)
+    assert segment_members(server, segment["segmentID"]) == {
+        stored_email(c) for c in server.contacts()
+    }
+
+    log = run_ok(config | {"membership_property": "in_{stream_name}"}, FULL_20, tmp_path)
+    assert "membership switches" not in log
+    assert summary(config)["streams"]["vip"]["unchanged"] == 20
+
+
+@pytest.mark.parametrize(
+    ("settings", "stream", "expected"),
+    [
+        ({"membership_property": "in {stream_name}"}, "vip", "membership_property 'in {"),
+        ({"membership_property": "in_{stream_name}"}, "vip buyers", "'in_vip buyers'"),
+        ({"membership_property": "{stream_name}"}, "9lives", "must start with a letter"),
+        ({"membership_property": "x" * 65}, "vip", "at most 64"),
+        ({"membership_property": "firstName"}, "vip", "standard Omnisend contact field"),
+        ({"membership_property": "loyalty_tier"}, "vip", "also a key of custom_properties"),
+        ({"membership_property": "in_vip", "segment_tag": "seg:x"}, "vip", "both set"),
+        ({"membership_property": "in_{other}"}, "vip", "only use {stream_name}"),
+    ],
+)
+def test_a_property_name_omnisend_would_refuse_is_one_line_and_exit_2(
+    server: OmnisendServer,
+    config: dict[str, Any],
+    tmp_path: Path,
+    settings: dict[str, Any],
+    stream: str,
+    expected: str,
+) -> None:
+    messages = [line.replace('"vip"', json.dumps(stream)) for line in lines(FULL_20)]
+    run = run_target(config | settings, messages, workdir=tmp_path)
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if "Invalid configuration" in line]
+    assert len(errors) == 1 and expected in errors[0]
+    assert "Traceback" not in run.stderr
+    assert server.contacts() == [] and run.states == []
