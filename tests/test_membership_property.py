@@ -129,7 +129,7 @@ def test_members_carry_the_property_in_their_batch_item_and_need_no_tag_call(
 
 
 def test_mirror_writes_false_to_leavers_through_batches(
-    mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+    mode: str, mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
 ) -> None:
     prop_config |= {"sync_mode": "mirror", "mirror_confirm_runs": 2}
     run_ok(prop_config, FULL_20, tmp_path)
@@ -159,6 +159,10 @@ def test_mirror_writes_false_to_leavers_through_batches(
     # The removal never touches the subscription status, whatever the merge mode.
     leaver = contacts["member19@example.com"]["identifiers"][0]["channels"]["email"]
     assert leaver["status"] == "nonSubscribed"
+    # The removal item carries only the property: under replace, Omnisend would drop the
+    # leaver's other custom properties with it (the README says so).
+    kept = "loyalty_tier" in contacts["member19@example.com"]["customProperties"]
+    assert kept is (mode == "merge")
 
     # A leaver who comes back is a member again (its fingerprint was forgotten).
     run_ok(prop_config, FULL_20, tmp_path)
@@ -280,3 +284,72 @@ def test_a_property_name_omnisend_would_refuse_is_one_line_and_exit_2(
     assert len(errors) == 1 and expected in errors[0]
     assert "Traceback" not in run.stderr
     assert server.contacts() == [] and run.states == []
+
+
+def test_two_streams_writing_one_property_share_its_segment_and_never_unmark_each_other(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    config |= {
+        "membership_property": "in_vip",  # no {stream_name}: both streams write it
+        "segment_name": "VIP",
+        "sync_mode": "mirror",
+        "mirror_confirm_runs": 1,
+        "fingerprint_store_path": str(tmp_path / "store.sqlite"),
+        "summary_path": str(tmp_path / "summary.json"),
+    }
+    data = DATA / "pipeline" / "two_streams_one_tag.singer"
+    for _ in range(2):
+        run_ok(config, data, tmp_path)
+        members = {stored_email(c) for c in server.contacts() if c["customProperties"]["in_vip"]}
+        assert len(members) == 20
+    [segment] = server.segments()
+    assert segment["name"] == "VIP" and segment_members(server, segment["segmentID"]) == members
+    assert summary(config)["mirror"]["custom:in_vip"] == {"removed": 0, "tagged": 20, "staged": 0}
+
+
+def test_on_api_v5_the_property_is_written_without_a_segment(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    config |= {"api_version": "v5", "membership_property": "in_{stream_name}"}
+    log = run_ok(config, FULL_20, tmp_path)
+    assert all(c["customProperties"][PROPERTY] is True for c in server.contacts())
+    assert len(server.contacts()) == 20 and server.segments() == []
+    assert "segment_tag is not applied" not in log  # nothing is skipped: no tag asked for
+
+
+# -- the local server: custom-property rules ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "member"),
+    [(True, True), (False, False), (1, False), ("true", False), (None, False)],
+)
+def test_local_server_judges_a_bool_property_rule_by_type_and_value(
+    server: OmnisendServer, value: Any, member: bool
+) -> None:
+    """`equals true` on a bool property: the number 1 and the text "true" are not true;
+    a contact without the property is no member. Statistics and `segmentID` agree."""
+    api = Api(server.url, key=API_KEY)
+    props = {} if value is None else {PROPERTY: value}
+    body = {"identifiers": [{"type": "email", "id": "a@example.com"}], "customProperties": props}
+    assert api.post("/contacts", json=body).status_code == 201
+    created = api.post("/segments", json={"name": "p", "conditionGroups": property_rule(PROPERTY)})
+    assert created.status_code == 201, created.text
+    segment_id = created.json()["segmentID"]
+    assert statistics(server, segment_id) == int(member)
+    assert segment_members(server, segment_id) == ({"a@example.com"} if member else set())
+
+
+def test_local_server_refuses_a_custom_rule_it_cannot_judge(server: OmnisendServer) -> None:
+    api = Api(server.url, key=API_KEY)
+    rule = property_rule(PROPERTY)
+    flt = rule[0]["conditions"][0]["filters"][0]
+    for broken in (
+        {"valueType": "colour"},
+        {"operator": "greaterThan"},
+        {"value": "yes"},
+        {"name": ""},
+    ):
+        bad = [{"conditions": [{"entity": "contact", "filters": [{**flt, **broken}]}]}]
+        reply = api.post("/segments", json={"name": "p", "conditionGroups": bad})
+        assert reply.status_code == 400, (broken, reply.text)
