@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import API_KEY
 from tests.harness import read_jsonl, run_target, stored_email
-from tests.omnisend_server import OmnisendServer
+from tests.omnisend_server import FaultRule, OmnisendServer
 from tests.test_omnisend_server import Api
 
 DATA = Path(__file__).parent / "data_files"
@@ -353,3 +353,29 @@ def test_local_server_refuses_a_custom_rule_it_cannot_judge(server: OmnisendServ
         bad = [{"conditions": [{"entity": "contact", "filters": [{**flt, **broken}]}]}]
         reply = api.post("/segments", json={"name": "p", "conditionGroups": bad})
         assert reply.status_code == 400, (broken, reply.text)
+
+
+def test_a_removal_omnisend_refuses_is_warned_counted_and_tried_again_later(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Attack: Omnisend refuses one leaver's `false`. The run still ends 0, the summary
+    counts only confirmed removals, one warning says how many were not, and the next
+    complete run (the fault gone) takes that leaver out."""
+    config |= {
+        "membership_property": "in_{stream_name}",
+        "sync_mode": "mirror",
+        "mirror_confirm_runs": 1,
+        "fingerprint_store_path": str(tmp_path / "store.sqlite"),
+        "summary_path": str(tmp_path / "summary.json"),
+    }
+    run_ok(config, FULL_20, tmp_path)
+    server.add_fault(FaultRule(kind="item_error", email_pattern=r"^member17@", status=400))
+    log = run_ok(config, FULL_15_OF_20, tmp_path)
+    assert summary(config)["mirror"][f"custom:{PROPERTY}"]["removed"] == 4
+    [warning] = [line for line in log.splitlines() if "did not confirm" in line]
+    assert "1 of 5 removal(s)" in warning and "member17" not in warning
+    assert server.contact("member17@example.com")["customProperties"][PROPERTY] is True
+
+    server.clear_faults()
+    run_ok(config, FULL_15_OF_20, tmp_path)
+    assert server.contact("member17@example.com")["customProperties"][PROPERTY] is False
