@@ -32,7 +32,7 @@ from operator import attrgetter
 from typing import Any
 
 from target_omnisend.client import OmnisendClient
-from target_omnisend.delivery import DeliveryEngine, Item
+from target_omnisend.delivery import DeliveryEngine, Item, OutcomeSink
 from target_omnisend.dryrun import DryRunWriter
 from target_omnisend.mapping import Rejection, get_path, merge_duplicate, normalize_email
 from target_omnisend.membership import Membership, route_for_key
@@ -122,19 +122,9 @@ class RunPipeline:
         if settings.dry_run:
             pipeline.writer = DryRunWriter(settings.dry_run_path, client, pipeline)
         else:
-            pipeline.engine = DeliveryEngine(
-                client,
-                pipeline,
-                max_concurrency=settings.max_concurrency,
-                max_pending_batches=settings.max_pending_batches,
-                poll_interval=settings.batch_poll_interval,
-                batch_timeout=settings.batch_timeout,
-                logger=logger,
-            )
-            pipeline.writer = OmnisendWriter(
-                pipeline.engine,
-                client,
-                lambda sink: DeliveryEngine(
+
+            def new_engine(sink: OutcomeSink) -> DeliveryEngine:
+                return DeliveryEngine(
                     client,
                     sink,
                     max_concurrency=settings.max_concurrency,
@@ -142,8 +132,11 @@ class RunPipeline:
                     poll_interval=settings.batch_poll_interval,
                     batch_timeout=settings.batch_timeout,
                     logger=logger,
-                ),
-            )
+                )
+
+            pipeline.engine = new_engine(pipeline)
+            # Mirror's property removals get an engine of their own (not the run's records).
+            pipeline.writer = OmnisendWriter(pipeline.engine, client, new_engine)
         return pipeline
 
     # -- streams ----------------------------------------------------------------------
