@@ -34,10 +34,10 @@ from target_omnisend.membership import route_for_key
 from target_omnisend.store import FingerprintStore
 from target_omnisend.writer import Writer
 
-#: Omnisend's segment statistics follow tag changes only after a while; say so.
+#: Omnisend's segment statistics follow membership changes only after a while; say so.
 COUNT_NOTE = (
-    "Omnisend's count; it follows tag changes after up to about a minute, so it may not "
-    "include this run's changes yet"
+    "Omnisend's count; it follows membership changes after up to about a minute, so it may "
+    "not include this run's changes yet"
 )
 #: Pause before the one extra PUT after Omnisend kept answering 409 (segment building).
 BUILDING_WAIT_SECONDS = 2.0
@@ -335,8 +335,8 @@ class SegmentKeeper:
             self.logger.warning("%s %s: %s", where, result.action, result.reason)
             return
         count = (
-            f"; {result.contacts_count} contact(s) by Omnisend's statistics, which follow tag "
-            "changes after up to about a minute"
+            f"; {result.contacts_count} contact(s) by Omnisend's statistics, which follow "
+            "membership changes after up to about a minute"
             if result.contacts_count is not None
             else ""
         )

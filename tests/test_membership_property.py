@@ -379,3 +379,16 @@ def test_a_removal_omnisend_refuses_is_warned_counted_and_tried_again_later(
     server.clear_faults()
     run_ok(config, FULL_15_OF_20, tmp_path)
     assert server.contact("member17@example.com")["customProperties"][PROPERTY] is False
+
+
+def test_switching_back_from_property_to_tag_is_announced_the_same_way(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    config |= {"fingerprint_store_path": str(tmp_path / "store.sqlite")}
+    run_ok(config | {"membership_property": "in_{stream_name}"}, FULL_20, tmp_path)
+    log = run_ok(config, FULL_20, tmp_path)
+    [warning] = [line for line in log.splitlines() if "membership switches" in line]
+    assert "from property 'in_vip' to tag 'segment:vip'" in warning
+    [segment] = server.segments()
+    assert segment["conditionGroups"][0]["conditions"][0]["filters"][0]["property"] == "tags"
+    assert all("segment:vip" in c["tags"] for c in server.contacts())
