@@ -368,8 +368,9 @@ class RunPipeline:
             if listed is None and not reason:
                 reason = (
                     f"no saved segment follows {route.label} yet, and Omnisend lists a "
-                    "property's members only through one (this run creates it; the next "
-                    "run can tell who left)"
+                    "property's members only through one (this run creates it, unless a "
+                    "segment of that name has another rule: see the segment line; the next "
+                    "run can then tell who left)"
                 )
             if reason:
                 self.logger.warning("Mirror of %s removed nothing: %s", route.label, reason)

@@ -127,16 +127,15 @@ class Settings:
 
     def mapping_hash(self) -> str:
         """What decides the contact body and tags; a change forgets all fingerprints."""
-        material = json.dumps(
-            {
-                "mapping": dataclasses.asdict(self.mapping) | {"run_started_at": None},
-                "segment_tag": self.segment_tag,
-                "membership_property": self.membership_property,
-                "tags": self.tags,
-                "api_version": self.generation.name,
-            },
-            sort_keys=True,
-        )
+        decisive: dict[str, Any] = {
+            "mapping": dataclasses.asdict(self.mapping) | {"run_started_at": None},
+            "segment_tag": self.segment_tag,
+            "tags": self.tags,
+            "api_version": self.generation.name,
+        }
+        if self.membership_property:  # only when set: upgrading costs no full send
+            decisive["membership_property"] = self.membership_property
+        material = json.dumps(decisive, sort_keys=True)
         return hashlib.blake2b(material.encode(), digest_size=12).hexdigest()
 
 

@@ -392,3 +392,27 @@ def test_switching_back_from_property_to_tag_is_announced_the_same_way(
     [segment] = server.segments()
     assert segment["conditionGroups"][0]["conditions"][0]["filters"][0]["property"] == "tags"
     assert all("segment:vip" in c["tags"] for c in server.contacts())
+
+
+def test_a_hand_made_segment_with_the_name_keeps_its_rule_and_mirror_removes_nothing(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Attack: a marketer's own segment already has the name. It is left alone, so no
+    segment follows the property: mirror cannot list the members and removes nothing,
+    saying why, run after run."""
+    hand_made = server.add_segment("vip", ["newsletter"])
+    config |= {
+        "membership_property": "in_{stream_name}",
+        "sync_mode": "mirror",
+        "mirror_confirm_runs": 1,
+        "fingerprint_store_path": str(tmp_path / "store.sqlite"),
+    }
+    run_ok(config, FULL_20, tmp_path)
+    for _ in range(2):
+        log = run_ok(config, FULL_15_OF_20, tmp_path)
+        assert f"Mirror of property '{PROPERTY}' removed nothing: no saved segment" in log
+        assert "has another rule and is left alone" in log
+    [segment] = server.segments()
+    assert segment["segmentID"] == hand_made["segmentID"]
+    assert segment["conditionGroups"] == hand_made["conditionGroups"]
+    assert all(c["customProperties"][PROPERTY] is True for c in server.contacts())
