@@ -267,6 +267,11 @@ def test_switching_from_tag_to_property_costs_one_full_send_announced_once(
         ({"membership_property": "loyalty_tier"}, "vip", "also a key of custom_properties"),
         ({"membership_property": "in_vip", "segment_tag": "seg:x"}, "vip", "both set"),
         ({"membership_property": "in_{other}"}, "vip", "only use {stream_name}"),
+        (
+            {"membership_property": "in_vip", "sync_mode": "mirror", "segment_name": ""},
+            "vip",
+            "needs a segment_name",
+        ),
     ],
 )
 def test_a_property_name_omnisend_would_refuse_is_one_line_and_exit_2(
