@@ -15,8 +15,15 @@ a batch list in oldest-first order and 5,000 other integrations' batches today, 
 compares its wall time with the rate-limit floor (batch writes / limit), with the
 confirmation requests the server saw. Not a test: run it on a quiet machine.
 
+With --membership N it runs a first export of N new members under the same server
+conditions twice, at the same time, each against its own server process (its own
+account and budgets): membership as a custom property (`membership_property`, inside
+the batch items: floor = batch writes / 400 per min) and as the segment tag (floor =
+tag calls of 250 / 60 per min), each with its saved segment.
+
     python benchmarks/bench.py                    # 10k and 100k, (a) and (b)
     python benchmarks/bench.py --sizes 100000,1000000 --rate-limited 1000000
+    python benchmarks/bench.py --sizes '' --membership 1000000
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,19 +169,21 @@ class ServerProcess:
         return usage.ru_utime + usage.ru_stime
 
 
-def run_target(input_path: Path, server: ServerProcess, **config: object) -> Measure:
+def run_target(
+    input_path: Path, server: ServerProcess, label: str = "", **config: object
+) -> Measure:
     # A fresh fingerprint store per run: a first export, and no benchmark sharing one.
-    store = OUT / f"fingerprints-{os.getpid()}.sqlite"
+    store = OUT / f"fingerprints-{os.getpid()}{label}.sqlite"
     for leftover in OUT.glob(f"{store.name}*"):
         leftover.unlink()
     cfg = {
         "api_key": "bench",
         "api_url": server.url,
-        "rejected_records_path": str(OUT / "rejected.jsonl"),
+        "rejected_records_path": str(OUT / f"rejected{label}.jsonl"),
         "fingerprint_store_path": str(store),
         **config,
     }
-    cfg_path = OUT / "bench-config.json"
+    cfg_path = OUT / f"bench-config{label}.json"
     cfg_path.write_text(json.dumps(cfg))
     return measure([str(BIN / "target-omnisend"), "--config", str(cfg_path)], input_path)
 
@@ -198,6 +208,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--order", default="oldest_first", help="(c): batch list order")
     parser.add_argument("--foreign", type=int, default=5000, help="(c): foreign batches today")
+    parser.add_argument(
+        "--membership",
+        type=int,
+        default=0,
+        help="first export of this many new members: property vs tag, run concurrently",
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
@@ -299,6 +315,67 @@ def main() -> None:
         )
         if ours.returncode:
             print(ours.stderr[-3000:], file=sys.stderr)
+
+    if args.membership:
+        membership(args.membership, args)
+
+
+RATE_LIMITED = {
+    "requests_per_minute": 400,
+    "tags_requests_per_minute": 60,
+    "latency": [0.05, 0.15],
+    "batch_delay": 0.2,
+}
+
+
+def membership(size: int, args: argparse.Namespace) -> None:
+    """First export of `size` new members: property route and tag route at the same time,
+    each against its own server process, each against its own floor."""
+    input_path = OUT / f"segment-{size}.singer"
+    if not input_path.exists():
+        generate(input_path, size)
+    knobs = {**RATE_LIMITED, "batch_list_order": args.order, "foreign_batches": args.foreign}
+    routes = {
+        # label: (target config, floor in seconds and what it counts)
+        "property": ({"membership_property": "in_{stream_name}"}, -(-size // 100) / 400 * 60),
+        "tag": ({}, -(-size // 250) / 60 * 60),
+    }
+    servers = {label: ServerProcess(**knobs) for label in routes}
+    results: dict[str, Measure] = {}
+
+    def run(label: str) -> None:
+        config, _ = routes[label]
+        results[label] = run_target(
+            input_path, servers[label], f"-{label}", max_concurrency=args.concurrency, **config
+        )
+
+    threads = [threading.Thread(target=run, args=(label,)) for label in routes]
+    started = time.strftime("%H:%M:%S")
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for label, server in servers.items():
+        server.stop()
+        ours, (_, floor_s) = results[label], routes[label]
+        seen = server.requests
+        print(
+            f"\n(m) {label}: {size:,} new members, 400 req/min + tags 60/min (sliding window), "
+            f"50-150 ms, {args.order} list, {args.foreign:,} foreign batches, started "
+            f"{started} alongside the other route: {ours.seconds / 60:.1f} min vs floor "
+            f"{floor_s / 60:.1f} min = {ours.seconds / floor_s:.3f}x floor; peak RSS "
+            f"{ours.peak_rss_mb:.0f} MB; target CPU {ours.cpu_seconds / size * 1e6:.1f} "
+            f"us/record; server saw {seen.get('batch_writes', 0):,} batch writes, "
+            f"{seen.get('tag_calls', 0):,} tag calls, {seen.get('list_reads', 0):,} list reads, "
+            f"{seen.get('lookups', 0):,} lookups, {seen.get('rate_limited', 0):,} answered 429, "
+            f"{seen.get('all', 0):,} requests in all; {summary_counts(ours.stderr)}; "
+            f"exit {ours.returncode}",
+            flush=True,
+        )
+        if ours.returncode:
+            print(ours.stderr[-3000:], file=sys.stderr)
+        segment = re.search(r"Omnisend segment .*", ours.stderr)
+        print(f"    {segment.group(0) if segment else 'no segment line'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -111,19 +111,9 @@ def is_tag_rule(condition_groups: Any, tag: str) -> bool:
     """Does a segment's rule select exactly the contacts tagged `tag`? Compared by meaning,
     not by text: Omnisend may echo a rule with fields added (ids, defaults) or omitted
     (`junction` of a single filter), which is not documented either way."""
-    if not isinstance(condition_groups, list) or len(condition_groups) != 1:
+    flt = _single_filter(condition_groups)
+    if flt is None:
         return False
-    group = condition_groups[0]
-    conditions = group.get("conditions") if isinstance(group, dict) else None
-    if not isinstance(conditions, list) or len(conditions) != 1:
-        return False
-    condition = conditions[0]
-    if not isinstance(condition, dict) or condition.get("entity", "contact") != "contact":
-        return False
-    filters = condition.get("filters")
-    if not isinstance(filters, list) or len(filters) != 1 or not isinstance(filters[0], dict):
-        return False
-    flt = filters[0]
     value = flt.get("value")
     return (
         flt.get("operator") == "anyOf"
@@ -131,6 +121,52 @@ def is_tag_rule(condition_groups: Any, tag: str) -> bool:
         and isinstance(value, list)
         and set(value) == {tag}
     )
+
+
+def property_segment_body(name: str, prop: str) -> dict[str, Any]:
+    """POST/PUT body of the documented rule "custom property `prop` equals true" (2026-03-15
+    Segments API: `property: "custom"` needs `name` and `valueType`)."""
+    flt = {"operator": "equals", "property": "custom", "name": prop, "valueType": "bool"}
+    conditions = [{"entity": "contact", "junction": "and", "filters": [{**flt, "value": True}]}]
+    return {"name": name, "conditionGroups": [{"conditions": conditions}]}
+
+
+def _single_filter(condition_groups: Any) -> dict[str, Any] | None:
+    """The one filter of a rule made of one group, one condition, one filter, else None."""
+    if not isinstance(condition_groups, list) or len(condition_groups) != 1:
+        return None
+    group = condition_groups[0]
+    conditions = group.get("conditions") if isinstance(group, dict) else None
+    if not isinstance(conditions, list) or len(conditions) != 1:
+        return None
+    condition = conditions[0]
+    if not isinstance(condition, dict) or condition.get("entity", "contact") != "contact":
+        return None
+    filters = condition.get("filters")
+    if not isinstance(filters, list) or len(filters) != 1 or not isinstance(filters[0], dict):
+        return None
+    return filters[0]
+
+
+def is_property_rule(condition_groups: Any, prop: str) -> bool:
+    """Does a segment's rule select exactly the contacts whose custom property `prop` is
+    true? Compared by meaning, like `is_tag_rule`."""
+    flt = _single_filter(condition_groups)
+    return (
+        flt is not None
+        and flt.get("property") == "custom"
+        and flt.get("name") == prop
+        and flt.get("operator") == "equals"
+        and flt.get("valueType", "bool") == "bool"
+        and flt.get("value") is True
+    )
+
+
+def membership_property_body(email: str, prop: str, value: bool) -> dict[str, Any]:
+    """A batch item that sets only a contact's membership property: false takes it out of
+    the property segment (mirror's removal), true puts it back (mirror's repair). Nothing
+    else (no `channels`, so the contact's subscription status is not touched)."""
+    return {"identifiers": [{"type": "email", "id": email}], "customProperties": {prop: value}}
 
 
 @dataclass(frozen=True)

@@ -260,6 +260,19 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "endpoint: there the segment tag is skipped with a warning.",
     ),
     th.Property(
+        "membership_property",
+        th.StringType,
+        title="Membership custom property",
+        description="Write segment membership as this custom property set to true, inside "
+        "each member's own batch item (e.g. `in_{stream_name}`; `{stream_name}` is replaced "
+        "by the stream name) instead of the segment tag: no tag calls, so a first export of "
+        "new members runs at the contacts' 400 requests/min instead of the tags' 60/min. "
+        "The saved segment's rule becomes 'property equals true'; mirror sets it to false "
+        "on leavers. The segment tag is then not written (setting both is refused). Not "
+        "set: membership is the segment tag. A letter first, then letters, digits, _ or -, "
+        "at most 64 characters.",
+    ),
+    th.Property(
         "segment_name",
         th.StringType,
         title="Omnisend segment name",

@@ -20,7 +20,7 @@ from target_omnisend.client import OmnisendClient, batch_body
 from target_omnisend.delivery import Item, OutcomeSink
 from target_omnisend.errors import Cancelled
 from target_omnisend.tagging import TagChunks, tag_calls
-from target_omnisend.writer import tagged_members
+from target_omnisend.writer import BATCH_ITEMS, listed_emails, property_items, tagged_members
 
 
 class DryRunWriter:
@@ -83,6 +83,16 @@ class DryRunWriter:
     def add_tags(self, tag: str, emails: list[str]) -> None:
         for chunk in tag_calls(emails):
             self._write("POST", "/contacts/tags", {"tags": [tag], "emails": chunk})
+
+    def segment_members(self, segment_id: str) -> Iterator[str]:
+        return listed_emails(self.client, segmentID=segment_id)
+
+    def set_property(self, name: str, emails: list[str], value: bool) -> int:
+        items = property_items(name, emails, value, self.client.encode_contact)
+        for start in range(0, len(items), BATCH_ITEMS):
+            chunk = items[start : start + BATCH_ITEMS]
+            self._write("POST", "/batches", batch_body([item.payload for item in chunk]))
+        return len(items)
 
     def create_segment(self, body: dict[str, Any]) -> SavedSegment | None:
         self._write("POST", "/segments", body)

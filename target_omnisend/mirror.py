@@ -1,5 +1,7 @@
-"""Mirror mode: contacts that left the segment lose its tag — only under guards, and
-only after they stayed away for `mirror_confirm_runs` complete runs in a row.
+"""Mirror mode: contacts that left the segment lose its tag (or membership property) —
+only under guards, and only after they stayed away for `mirror_confirm_runs` complete
+runs in a row. Which of the two it is does not matter here: `Members` lists and removes
+through the stream's membership route (`membership.py`).
 
 Omnisend is the source of truth for who carries the tag (listed from it, not from our
 store); the run's seen-set says who was in the segment this time. The target cannot
@@ -16,12 +18,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from target_omnisend.mapping import normalize_email
 from target_omnisend.seen import SeenEmails
 from target_omnisend.store import FingerprintStore
-from target_omnisend.writer import Writer
+
+
+class Members(Protocol):
+    """Omnisend's members of one segment, whichever way membership is written."""
+
+    #: Whether removals reach Omnisend (False: a dry run writes them to its file).
+    sends: bool
+    #: "tag 'segment:vip'" / "property 'in_vip'", for the log.
+    label: str
+
+    def listed(self) -> Iterable[str]:
+        """Emails Omnisend holds as members (a read)."""
+
+    def remove(self, emails: list[str]) -> int:
+        """Take these members out; how many Omnisend confirmed."""
+
+    def restore(self, emails: list[str]) -> None:
+        """Give these members their membership back (mirror's repair of drift)."""
 
 
 @dataclass(frozen=True)
@@ -119,16 +138,17 @@ def clear_present(tag: str, present: Container[str], store: FingerprintStore) ->
 def mirror_tag(
     run: MirrorRun,
     *,
-    writer: Writer,
+    members: Members,
     store: FingerprintStore,
     run_id: str,
     max_ratio: float,
     confirm_runs: int,
     logger: logging.Logger,
 ) -> dict[str, Any]:
-    """Reconcile one tag: the desired set is the run's members, the actual set who
-    carries the tag in Omnisend. Members missing the tag get it back; absentees are
-    staged, then removed (or, for a dry-run writer, the plan is written).
+    """Reconcile one segment: the desired set is the run's members, the actual set who
+    Omnisend holds as members (the tag's contacts, or the property segment's). Members
+    missing from it get their membership back; absentees are staged, then removed (or,
+    for a dry-run writer, the plan is written).
 
     Other pipelines may write the same tag (another Meltano job sharing the store): a
     member another pipeline holds — confirmed in a partition of another stream that
@@ -140,7 +160,7 @@ def mirror_tag(
     listed = SeenEmails()
     tagged = 0
     absent: list[str] = []
-    for email in writer.tagged_members(tag):
+    for email in members.listed():
         tagged += 1
         listed.add(member_key(email))
         if member_key(email) not in present:
@@ -165,8 +185,8 @@ def mirror_tag(
             member_key(email) in present and bool(missing_members([email], listed, run.tagged_now))
         ),
     )
-    # Members are members whatever the guards say about leavers: the tag goes back on.
-    writer.add_tags(tag, retag)
+    # Members are members whatever the guards say about leavers: membership goes back on.
+    members.restore(retag)
     result: dict[str, Any] = {
         "removed": 0,
         "tagged": tagged,
@@ -175,8 +195,8 @@ def mirror_tag(
     }
     if decision.refused:
         cleared = clear_present(tag, present, store)
-        logger.warning("Mirror of tag '%s' removed nothing: %s", tag, decision.refused)
-        _log_retagged(logger, tag, retag, writer)
+        logger.warning("Mirror of %s removed nothing: %s", members.label, decision.refused)
+        _log_restored(logger, members, retag)
         return {**result, "skipped": decision.refused, "stage_cleared": cleared}
     # Forget first: if the untag is applied but its answer is lost (the run then fails),
     # a member who comes back must be sent and tagged again, not skipped as unchanged.
@@ -185,13 +205,21 @@ def mirror_tag(
     # This pipeline now holds exactly this read's members (see the docstring).
     store.drop_members(run.parts, lambda email: member_key(email) not in present)
     store.commit()
-    writer.remove_tags(tag, decision.remove)
-    verb = "lost" if writer.sends else "would lose"
+    confirmed = members.remove(decision.remove) if decision.remove else 0
+    if confirmed < len(decision.remove):
+        logger.warning(
+            "Mirror of %s: Omnisend did not confirm %d of %d removal(s); those contacts are "
+            "still members and are found absent again by the next complete run",
+            members.label,
+            len(decision.remove) - confirmed,
+            len(decision.remove),
+        )
+    verb = "lost" if members.sends else "would lose"
     logger.info(
-        "Mirror of tag '%s': %d of %d tagged contact(s) %s the tag; %d more absent, kept "
-        "until absent from %d complete run(s) in a row (mirror_confirm_runs); %d held by "
-        "other pipelines writing the tag",
-        tag,
+        "Mirror of %s: %d of %d member(s) %s it; %d more absent, kept until absent from "
+        "%d complete run(s) in a row (mirror_confirm_runs); %d held by other pipelines "
+        "writing it",
+        members.label,
         len(decision.remove),
         tagged,
         verb,
@@ -199,15 +227,15 @@ def mirror_tag(
         confirm_runs,
         len(theirs),
     )
-    _log_retagged(logger, tag, retag, writer)
-    return {**result, "removed": len(decision.remove), "staged": len(decision.staged)}
+    _log_restored(logger, members, retag)
+    return {**result, "removed": confirmed, "staged": len(decision.staged)}
 
 
-def _log_retagged(logger: logging.Logger, tag: str, retag: list[str], writer: Writer) -> None:
-    if retag:
+def _log_restored(logger: logging.Logger, members: Members, restored: list[str]) -> None:
+    if restored:
         logger.info(
-            "Mirror of tag '%s': %d member(s) missing the tag in Omnisend %s it back",
-            tag,
-            len(retag),
-            "got" if writer.sends else "would get",
+            "Mirror of %s: %d member(s) missing it in Omnisend %s it back",
+            members.label,
+            len(restored),
+            "got" if members.sends else "would get",
         )

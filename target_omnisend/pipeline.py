@@ -26,22 +26,24 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
 from target_omnisend.client import OmnisendClient
-from target_omnisend.delivery import DeliveryEngine, Item
+from target_omnisend.delivery import DeliveryEngine, Item, OutcomeSink
 from target_omnisend.dryrun import DryRunWriter
 from target_omnisend.email_schema import candidates_text, email_like_fields
 from target_omnisend.mapping import Rejection, get_path, merge_duplicate, normalize_email
+from target_omnisend.membership import Membership, route_for_key
 from target_omnisend.mirror import MirrorRun, clear_present, member_key, mirror_tag
 from target_omnisend.outcomes import Outcomes
 from target_omnisend.outputs import prepare_output_paths
 from target_omnisend.progress import ProgressReporter
 from target_omnisend.ratelimit import RateLimits
 from target_omnisend.seen import SeenEmails, WrittenThisRun
-from target_omnisend.segments import SegmentKeeper, plan_segments
+from target_omnisend.segments import SegmentKeeper, SegmentPlan, plan_segments
 from target_omnisend.settings import Settings
 from target_omnisend.store import FingerprintStore, ReadOnlyStore, account_scope, fingerprint
 from target_omnisend.writer import OmnisendWriter, Writer
@@ -52,7 +54,8 @@ class _Stream:
     """What the pipeline keeps per stream (segment) during a run."""
 
     tags: tuple[str, ...]
-    segment_tag: str | None
+    #: How membership is written (segment tag or property); None: not at all.
+    membership: Membership | None
     part: str | None
     #: Changed contacts waiting for a full batch (latest version per email).
     carry: dict[str, Item]
@@ -97,6 +100,7 @@ class RunPipeline:
         self._mirror_results: dict[str, dict[str, Any]] = {}
         self._segment_results: list[dict[str, Any]] = []
         self._segment_requests = 0
+        self._keeper: SegmentKeeper | None = None
 
     @classmethod
     def start(cls, settings: Settings, logger: logging.Logger) -> RunPipeline:
@@ -137,16 +141,21 @@ class RunPipeline:
         if settings.dry_run:
             pipeline.writer = DryRunWriter(settings.dry_run_path, client, pipeline)
         else:
-            pipeline.engine = DeliveryEngine(
-                client,
-                pipeline,
-                max_concurrency=settings.max_concurrency,
-                max_pending_batches=settings.max_pending_batches,
-                poll_interval=settings.batch_poll_interval,
-                batch_timeout=settings.batch_timeout,
-                logger=logger,
-            )
-            pipeline.writer = OmnisendWriter(pipeline.engine, client)
+
+            def new_engine(sink: OutcomeSink) -> DeliveryEngine:
+                return DeliveryEngine(
+                    client,
+                    sink,
+                    max_concurrency=settings.max_concurrency,
+                    max_pending_batches=settings.max_pending_batches,
+                    poll_interval=settings.batch_poll_interval,
+                    batch_timeout=settings.batch_timeout,
+                    logger=logger,
+                )
+
+            pipeline.engine = new_engine(pipeline)
+            # Mirror's property removals get an engine of their own (not the run's records).
+            pipeline.writer = OmnisendWriter(pipeline.engine, client, new_engine)
         return pipeline
 
     # -- streams ----------------------------------------------------------------------
@@ -155,25 +164,42 @@ class RunPipeline:
         stream = self._streams.get(name)
         if stream is None:
             tags = self.settings.tags_for(name)
-            segment_tag = (
-                self.settings.segment_tag.format(stream_name=name)
-                if self.settings.segment_tag and tags
-                else None
-            )
+            membership = self.settings.membership_for(name)
+            key = membership.key if membership else None
             part = None
             if self.store is not None:
                 if self.store.is_new_mapping(name):
-                    self.logger.info(
-                        "Stream '%s': the mapping configuration changed since the last run, "
-                        "so every contact is sent again",
-                        name,
-                    )
-                part = self.store.part(name, tags)
-            stream = self._streams[name] = _Stream(tags, segment_tag, part, {})
-            if self.settings.sync_mode == "mirror" and segment_tag:
-                self._seen.setdefault(segment_tag, SeenEmails())
-                self._tagged_now.setdefault(segment_tag, SeenEmails())
+                    self._announce_full_send(name, membership)
+                # The membership key among the partition's tags: mirror forgets by it.
+                part = self.store.part(name, tags if key in (None, *tags) else (*tags, key))
+            stream = self._streams[name] = _Stream(tags, membership, part, {})
+            if self.settings.sync_mode == "mirror" and key:
+                self._seen.setdefault(key, SeenEmails())
+                self._tagged_now.setdefault(key, SeenEmails())
         return stream
+
+    def _announce_full_send(self, name: str, membership: Membership | None) -> None:
+        """One line on why every contact of the stream is sent again; a warning when the
+        reason is a switch between tag and property membership (the saved segment this
+        stream had remembers which one it followed)."""
+        assert self.store is not None
+        remembered = self.store.saved_segment(self.settings.segment_name_for(name) or name)
+        before = route_for_key(remembered[1]) if remembered and remembered[1] else None
+        if membership is not None and before is not None and type(before) is not type(membership):
+            self.logger.warning(
+                "Stream '%s': membership switches from %s to %s, so every contact of the "
+                "stream is sent once again (one full send); the saved segment follows the new "
+                "rule and the old marks stay on contacts until removed in Omnisend",
+                name,
+                before.label,
+                membership.label,
+            )
+            return
+        self.logger.info(
+            "Stream '%s': the mapping configuration changed since the last run, "
+            "so every contact is sent again",
+            name,
+        )
 
     def read_in_full(self, name: str) -> None:
         """The tap marked this stream as a full read (ACTIVATE_VERSION)."""
@@ -222,8 +248,8 @@ class RunPipeline:
         )
 
     def _seen_for(self, name: str) -> SeenEmails | None:
-        segment_tag = self._stream(name).segment_tag
-        return self._seen.get(segment_tag) if segment_tag else None
+        membership = self._stream(name).membership
+        return self._seen.get(membership.key) if membership else None
 
     def pend(self, item: Item) -> None:
         """A mapped contact, kept with those of every other stream in input order."""
@@ -249,6 +275,7 @@ class RunPipeline:
             else {}
         )
         encode = self.client.encode_contact
+        mark = stream.membership.mark if stream.membership else None
         run_started_at = self.settings.mapping.run_started_at
         default_date = self.settings.mapping.default_status_date
         carry = stream.carry
@@ -266,6 +293,8 @@ class RunPipeline:
             waiting = carry.pop(item.email, None)
             if waiting is not None:  # the later version replaces the waiting one, but
                 item.body = merge_duplicate(waiting.body, item.body)  # never a newer status
+            if mark is not None:  # membership in the body (property) or nothing (tag)
+                mark(item.body)
             item.payload = encode(item.body)
             if store is not None:
                 item.fingerprint = fingerprint(item.payload, run_started_at, default_date)
@@ -319,10 +348,11 @@ class RunPipeline:
         for name, delivered in by_stream.items():
             self.outcomes.delivered(name, len(delivered))
             stream = self._streams.get(name)
-            tagged_now = self._tagged_now.get(stream.segment_tag or "") if stream else None
-            if tagged_now is not None:
-                for item in delivered:
-                    if item.tags:
+            route = stream.membership if stream else None
+            tagged_now = self._tagged_now.get(route.key) if route else None
+            if route is not None and tagged_now is not None:
+                for item in delivered:  # marked now: its batch item, or its tag call
+                    if route.in_body or item.tags:
                         tagged_now.add(member_key(item.email))
             part = self._streams[name].part if name in self._streams else None
             if self.store is not None and part is not None:
@@ -381,14 +411,25 @@ class RunPipeline:
 
     def _mirror(self) -> None:
         by_tag: dict[str, list[str]] = {}
+        routes: dict[str, Membership] = {}
         for name, stream in self._streams.items():
-            if stream.segment_tag:
-                by_tag.setdefault(stream.segment_tag, []).append(name)
+            if stream.membership:
+                by_tag.setdefault(stream.membership.key, []).append(name)
+                routes[stream.membership.key] = stream.membership
         for tag, names in by_tag.items():
+            route = routes[tag]
             reason = self._mirror_refusal(names)
+            listed = None if reason else route.members(self.writer, lambda t=tag: self._find(t))
+            if listed is None and not reason:
+                reason = (
+                    f"no saved segment follows {route.label} yet, and Omnisend lists a "
+                    "property's members only through one (this run creates it, unless a "
+                    "segment of that name has another rule: see the segment line; the next "
+                    "run can then tell who left)"
+                )
             if reason:
                 cleared = clear_present(tag, self._seen[tag], self.store) if self.store else 0
-                self.logger.warning("Mirror of tag '%s' removed nothing: %s", tag, reason)
+                self.logger.warning("Mirror of %s removed nothing: %s", route.label, reason)
                 self._mirror_results[tag] = {
                     "removed": 0,
                     "retagged": 0,
@@ -396,7 +437,7 @@ class RunPipeline:
                     "stage_cleared": cleared,
                 }
                 continue
-            assert self.store is not None  # _mirror_refusal checked it
+            assert self.store is not None and listed is not None  # _mirror_refusal checked
             run = MirrorRun(
                 tag,
                 streams=names,
@@ -406,7 +447,7 @@ class RunPipeline:
             )
             self._mirror_results[tag] = mirror_tag(
                 run,
-                writer=self.writer,
+                members=_Members(route, self.writer, listed),
                 store=self.store,
                 run_id=self.outcomes.run_id,
                 max_ratio=self.settings.mirror_max_removal_ratio,
@@ -414,21 +455,35 @@ class RunPipeline:
                 logger=self.logger,
             )
 
+    def _plans(self) -> tuple[list[SegmentPlan], list[str]]:
+        keys = {n: s.membership.key for n, s in self._streams.items() if s.membership}
+        return plan_segments(keys, self.settings.segment_name_for)
+
+    def _segment_keeper(self) -> SegmentKeeper:
+        if self._keeper is None:
+            self._keeper = SegmentKeeper(
+                self.client,
+                self.writer,
+                self.store,
+                overwrite=self.settings.segment_overwrite,
+                logger=self.logger,
+            )
+        return self._keeper
+
+    def _find(self, key: str) -> str | None:
+        """The ID of the saved segment that follows membership `key`, if one exists."""
+        plan = next((p for p in self._plans()[0] if p.tag == key), None)
+        found = self._segment_keeper().find(plan) if plan is not None else None
+        return found.segment_id if found is not None else None
+
     def _ensure_segments(self) -> None:
-        """One Omnisend saved segment per segment tag of the run (see `segments.py`)."""
-        tags = {n: s.segment_tag for n, s in self._streams.items() if s.segment_tag}
-        plans, warnings = plan_segments(tags, self.settings.segment_name_for)
+        """One Omnisend saved segment per membership of the run (see `segments.py`)."""
+        plans, warnings = self._plans()
         for warning in warnings:
             self.logger.warning("%s", warning)
         if not plans:
             return
-        keeper = SegmentKeeper(
-            self.client,
-            self.writer,
-            self.store,
-            overwrite=self.settings.segment_overwrite,
-            logger=self.logger,
-        )
+        keeper = self._segment_keeper()
         before = self.client.stats.requests
         self._segment_results = [keeper.ensure(plan).as_dict() for plan in plans]
         self._segment_requests = self.client.stats.requests - before
@@ -522,3 +577,23 @@ class RunPipeline:
             engine.batches_sent if engine else 0,
             engine.polls if engine else 0,
         )
+
+
+class _Members:
+    """Mirror's view of one membership: Omnisend's listing, removals through the route."""
+
+    def __init__(self, route: Membership, writer: Writer, listed: Iterable[str]) -> None:
+        self.route = route
+        self.writer = writer
+        self._listed = listed
+        self.sends = writer.sends
+        self.label = route.label
+
+    def listed(self) -> Iterable[str]:
+        return self._listed
+
+    def remove(self, emails: list[str]) -> int:
+        return self.route.remove(self.writer, emails)
+
+    def restore(self, emails: list[str]) -> None:
+        self.route.restore(self.writer, emails)

@@ -26,22 +26,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from target_omnisend.api import MAX_SEGMENT_NAME, SavedSegment, tag_segment_body
+from target_omnisend.api import MAX_SEGMENT_NAME, SavedSegment
 from target_omnisend.client import OmnisendClient, RequestRefused
 from target_omnisend.errors import AmbiguousWrite, DeliveryError, MissingScope
+from target_omnisend.membership import route_for_key
 from target_omnisend.store import FingerprintStore
 from target_omnisend.writer import Writer
 
-#: Omnisend's segment statistics follow tag changes only after a while; say so.
+#: Omnisend's segment statistics follow membership changes only after a while; say so.
 COUNT_NOTE = (
-    "Omnisend's count; it follows tag changes after up to about a minute, so it may not "
-    "include this run's changes yet"
+    "Omnisend's count; it follows membership changes after up to about a minute, so it may "
+    "not include this run's changes yet"
 )
+
+
+def follows(segment: SavedSegment, key: str) -> bool:
+    """Does the segment's rule select the members of membership `key` (a tag, or
+    `custom:<property>`: see `membership.py`)?"""
+    return route_for_key(key).followed_by(segment.condition_groups)
 
 
 @dataclass(frozen=True)
 class SegmentPlan:
-    """One saved segment to ensure: its name and the tag its rule follows."""
+    """One saved segment to ensure: its name and the membership its rule follows (`tag`:
+    the membership key, a tag or `custom:<property>`)."""
 
     name: str
     tag: str
@@ -118,7 +126,7 @@ def plan_segments(
 def pick(candidates: Sequence[SavedSegment], tag: str) -> SavedSegment | None:
     """Pure and deterministic among same-named segments: one whose rule follows the tag
     before one that does not, then the oldest (`createdAt`), then the smallest ID."""
-    ordered = sorted(candidates, key=lambda s: (not s.follows(tag), s.created_at, s.segment_id))
+    ordered = sorted(candidates, key=lambda s: (not follows(s, tag), s.created_at, s.segment_id))
     return ordered[0] if ordered else None
 
 
@@ -127,9 +135,9 @@ def decide(segment: SavedSegment | None, tag: str, made_for: str | None, overwri
     made `segment`'s rule for, if the target made it (from the store)."""
     if segment is None:
         return "create"
-    if segment.follows(tag):
+    if follows(segment, tag):
         return "keep"
-    if made_for and segment.follows(made_for):
+    if made_for and follows(segment, made_for):
         return "replace"  # ours, untouched since: it follows the changed segment_tag
     return "replace" if overwrite else "foreign"
 
@@ -213,6 +221,17 @@ class SegmentKeeper:
 
     # -- finding ----------------------------------------------------------------------
 
+    def find(self, plan: SegmentPlan) -> SavedSegment | None:
+        """The existing segment whose rule follows the plan's membership, without writing
+        anything (mirror lists a property's members through it); None if there is none
+        yet, or the key lacks a segments scope."""
+        try:
+            segment, _ = self._remembered(plan)
+            segment = segment or self._by_name(plan)
+        except (MissingScope, DeliveryError, RequestRefused, sqlite3.Error):
+            return None
+        return segment if segment is not None and follows(segment, plan.tag) else None
+
     def _remembered(self, plan: SegmentPlan) -> tuple[SavedSegment | None, str | None]:
         """The segment the store remembers under this name, and the tag the target wrote
         its rule for — only if it was written for one of these streams: another pipeline
@@ -243,7 +262,7 @@ class SegmentKeeper:
                 plan.name,
                 chosen.segment_id,
                 "the oldest that follows the tag"
-                if chosen.follows(plan.tag)
+                if follows(chosen, plan.tag)
                 else "the oldest; none follows the tag",
             )
         return chosen
@@ -253,7 +272,7 @@ class SegmentKeeper:
     def _create(self, plan: SegmentPlan) -> SavedSegment | None:
         """POST, never blindly twice: after an answer that leaves open whether Omnisend
         created it (timeout, reset, 5xx), look the name up before posting again."""
-        body = tag_segment_body(plan.name, plan.tag)
+        body = route_for_key(plan.tag).segment_body(plan.name)
         for _ in range(2):
             try:
                 created = self.writer.create_segment(body)
@@ -270,7 +289,7 @@ class SegmentKeeper:
                         self._listing.append(created)
                     return created
             found = self._by_name(plan, fresh=True)
-            if found is not None and found.follows(plan.tag):
+            if found is not None and follows(found, plan.tag):
                 return found
         raise DeliveryError(
             f"creating segment '{plan.name}' could not be confirmed after two tries; the next "
@@ -282,7 +301,7 @@ class SegmentKeeper:
         building: the client retries it like a 5xx, with bounded backoff, and a 409 that
         outlasts `max_retries` ends as a `DeliveryError` the caller turns into a warning."""
         return self.writer.replace_segment(
-            segment.segment_id, tag_segment_body(plan.name, plan.tag)
+            segment.segment_id, route_for_key(plan.tag).segment_body(plan.name)
         )
 
     def _remember(self, plan: SegmentPlan, segment_id: str, made_for: str) -> None:
@@ -301,13 +320,13 @@ class SegmentKeeper:
         return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     def _log(self, result: SegmentResult) -> None:
-        where = f"Omnisend segment '{result.name}' (tag '{result.tag}')"
+        where = f"Omnisend segment '{result.name}' ({route_for_key(result.tag).label})"
         if result.reason:
             self.logger.warning("%s %s: %s", where, result.action, result.reason)
             return
         count = (
-            f"; {result.contacts_count} contact(s) by Omnisend's statistics, which follow tag "
-            "changes after up to about a minute"
+            f"; {result.contacts_count} contact(s) by Omnisend's statistics, which follow "
+            "membership changes after up to about a minute"
             if result.contacts_count is not None
             else ""
         )

@@ -34,6 +34,7 @@ from target_omnisend.config_schema import (
 )
 from target_omnisend.errors import ConfigError
 from target_omnisend.mapping import STANDARD_ATTRIBUTES, MappingConfig, default_status_date
+from target_omnisend.membership import Membership, membership_for, property_name_problem
 
 __all__ = [
     "DEFAULT_SEGMENT_TAG",
@@ -91,6 +92,29 @@ class Settings:
     fingerprint_store_password: str | None = None
     #: Seconds a run waits for another run of the same pipeline to release the store.
     fingerprint_store_lock_timeout: float = 60.0
+    #: Template of the custom property that marks members ("" = membership is the tag).
+    membership_property: str = ""
+
+    def membership_for(self, stream: str) -> Membership | None:
+        """How this stream's membership is written (None: not at all). A property name
+        Omnisend might refuse stops the run here, when the stream's first message names
+        it, before anything of the stream is sent."""
+        if not self.membership_property:
+            tag = self.segment_tag.format(stream_name=stream) if self.segment_tag else None
+            return membership_for(tag if self.generation.has_tags_endpoint else None, None)
+        name = self.membership_property.format(stream_name=stream)
+        problem = property_name_problem(name)
+        if problem:
+            raise ConfigError(
+                f"membership_property {name!r} (stream {stream!r}) {problem}; choose another "
+                "template, or rename the stream with a stream map"
+            )
+        if name in self.mapping.custom_properties:
+            raise ConfigError(
+                f"membership_property {name!r} (stream {stream!r}) is also a key of "
+                "custom_properties; one of them must be renamed"
+            )
+        return membership_for(None, name)
 
     def segment_name_for(self, stream: str) -> str:
         """The saved segment's name for a stream ("" = none)."""
@@ -108,16 +132,16 @@ class Settings:
 
     def mapping_hash(self) -> str:
         """What decides the contact body and tags; a change forgets all fingerprints."""
-        material = json.dumps(
-            {
-                "mapping": dataclasses.asdict(self.mapping)
-                | {"run_started_at": None, "default_status_date": None},
-                "segment_tag": self.segment_tag,
-                "tags": self.tags,
-                "api_version": self.generation.name,
-            },
-            sort_keys=True,
-        )
+        decisive: dict[str, Any] = {
+            "mapping": dataclasses.asdict(self.mapping)
+            | {"run_started_at": None, "default_status_date": None},
+            "segment_tag": self.segment_tag,
+            "tags": self.tags,
+            "api_version": self.generation.name,
+        }
+        if self.membership_property:  # only when set: upgrading costs no full send
+            decisive["membership_property"] = self.membership_property
+        material = json.dumps(decisive, sort_keys=True)
         return hashlib.blake2b(material.encode(), digest_size=12).hexdigest()
 
 
@@ -197,7 +221,7 @@ def _template(value: Any, key: str) -> str:
 
 
 def segment_names(
-    config: Mapping[str, Any], version: str, segment_tag: str
+    config: Mapping[str, Any], version: str, segment_tag: str, membership: str = ""
 ) -> tuple[str, dict[str, str]]:
     """`segment_name` and its per-stream overrides. Unset, the name defaults to the
     stream's name on 2026-03-15 (the segment is the point of a segment export) and to
@@ -215,12 +239,13 @@ def segment_names(
             f"segment_name needs api_version {LATEST_VERSION}: Omnisend {version} has no "
             "segments resource (set segment_name to '' or remove it)"
         )
-    if asked and not segment_tag:
+    if asked and not (segment_tag or membership):
         raise ConfigError(
-            "segment_name needs a segment_tag: the segment's rule is 'tags any of the segment tag'"
+            "segment_name needs a segment_tag or a membership_property: the segment's rule "
+            "is 'tags any of the segment tag' or 'the property equals true'"
         )
     if explicit is None:
-        explicit = DEFAULT_SEGMENT_NAME if supported and segment_tag else ""
+        explicit = DEFAULT_SEGMENT_NAME if supported and (segment_tag or membership) else ""
     return _template(explicit, "segment_name"), names
 
 
@@ -295,12 +320,18 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
     segment_tag = _template(
         config.get("segment_tag", setting("segment_tag")["default"]) or "", "segment_tag"
     )
+    membership = _membership_template(config, segment_tag)
+    if membership:
+        segment_tag = ""  # membership is the property; the default tag is not written
     tags = tuple(dict.fromkeys(str(t).strip() for t in config.get("tags") or [] if str(t).strip()))
     if len(tags) + 1 > MAX_TAGS:
         raise ConfigError(f"tags can hold at most {MAX_TAGS - 1} tags (got {len(tags)})")
     sync_mode = _choice(config, "sync_mode")
-    if sync_mode == "mirror" and not segment_tag:
-        raise ConfigError("sync_mode mirror needs a segment_tag: it is how leavers are found")
+    if sync_mode == "mirror" and not (segment_tag or membership):
+        raise ConfigError(
+            "sync_mode mirror needs a segment_tag or a membership_property: it is how "
+            "leavers are found"
+        )
     mirror_trigger = _choice(config, "mirror_trigger")
     if not GENERATIONS[version].has_tags_endpoint:
         # The default segment tag is skipped with a warning; settings that exist only
@@ -316,7 +347,12 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
                 f"segment tag, and Omnisend {version} has no tags endpoint"
             )
     max_concurrency = int(_number(config, "max_concurrency"))
-    segment_name, per_stream_names = segment_names(config, version, segment_tag)
+    segment_name, per_stream_names = segment_names(config, version, segment_tag, membership)
+    if membership and sync_mode == "mirror" and not segment_name:
+        raise ConfigError(
+            "sync_mode mirror with a membership_property needs a segment_name: Omnisend lists "
+            "a property's members only through its saved segment"
+        )
     return Settings(
         api_key=api_key,
         api_url=check_api_url(_default(config, "api_url")),
@@ -352,4 +388,28 @@ def load_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> 
         fingerprint_store_schema=_default(config, "fingerprint_store_schema"),
         fingerprint_store_password=config.get("fingerprint_store_password") or None,
         fingerprint_store_lock_timeout=_number(config, "fingerprint_store_lock_timeout"),
+        membership_property=membership,
     )
+
+
+def _membership_template(config: Mapping[str, Any], segment_tag: str) -> str:
+    """The `membership_property` template ("" = unset). Checked now as far as it can be
+    without a stream name: the text around `{stream_name}` must already be a name
+    Omnisend would take. A `segment_tag` set explicitly beside it is refused: the tag
+    would cost the very tag calls the property exists to avoid (see the README); the
+    default one is simply not written."""
+    raw = config.get("membership_property")
+    if raw is None or raw == "":
+        return ""
+    template = _template(raw, "membership_property").strip()
+    problem = property_name_problem(template.format(stream_name="s"))
+    if problem:
+        raise ConfigError(f"membership_property {template!r} {problem}")
+    # The SDK fills in the default: only a tag other than the default counts as set.
+    if segment_tag and segment_tag != setting("segment_tag")["default"]:
+        raise ConfigError(
+            "segment_tag and membership_property are both set: membership is written one "
+            "way; remove segment_tag (or set it to '') to use the property, or remove "
+            "membership_property to keep the tag"
+        )
+    return template

@@ -38,6 +38,9 @@ class ContactsSink(BatchSink):
         self._date_plan: tuple[dict, dict[str, str], frozenset[str]] | None = None
         super().__init__(target, *args, **kwargs)
         self._check_email_field()
+        # A membership property this stream's name makes unusable stops the run now, at
+        # its SCHEMA, before any of its records is read.
+        self.pipeline.settings.membership_for(self.stream_name)
 
     def _check_email_field(self) -> None:
         """Stop at the SCHEMA when it has no field at `email_field`: every record would

@@ -69,7 +69,17 @@ Segments (2026-03-15 only; v5 answers 404):
 - `segment_build_seconds` → `--segment-build-seconds` (0.2): a segment is `building`
   that long after each write; PUT/DELETE meanwhile answer 409.
 - `segment_stats_lag` → `--segment-stats-lag` (0): statistics count members by their
-  tags as they were this many seconds ago (Omnisend's lag behind tag changes).
+  tags as they were this many seconds ago (Omnisend's lag behind tag changes); custom
+  properties count as they are now.
+- Rules on tags (`anyOf`/`noneOf`) and on custom properties (`property: "custom"`,
+  `equals`/`notEquals`) are evaluated by statistics, `GET /contacts?segmentID=` and the
+  tags endpoint's `segmentID` selector.
+
+Contacts:
+- `custom_properties_update` → `--custom-properties-update` ("merge"): Omnisend does not
+  document whether `customProperties` in a contact update merges with the contact's
+  other custom properties ("merge": only the names sent change) or replaces them all
+  ("replace": names not sent are gone).
 - `api_key_scopes` → `--api-key-scopes KEY=scope,scope` (none): keys that have only
   these scopes (added as accounts of their own); segment calls without `segments.read`
   / `segments.write` get a 403 problem naming the scope (only segment calls check

@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     segments("--slow-segment-posts", type=int, default=0)
     segments("--slow-segment-post-seconds", type=float, default=11.0)
+    parser.add_argument_group("contacts").add_argument(
+        "--custom-properties-update",
+        choices=("merge", "replace"),
+        default="merge",
+        help="what customProperties in a contact update do to the contact's other ones",
+    )
     return parser
 
 

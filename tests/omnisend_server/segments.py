@@ -227,7 +227,8 @@ class SegmentService:
             for contact_id in account.order:
                 contact = account.contacts[contact_id]
                 tags = self.store.tags_as_of(account, contact, at)
-                if tags is not None and matches(segment.condition_groups, tags):
+                props = contact.get("customProperties")  # as of now: no history kept
+                if tags is not None and matches(segment.condition_groups, tags, props):
                     count += 1
             return count
 

@@ -171,6 +171,7 @@ class OmnisendServer:
         slow_segment_posts: int = 0,
         slow_segment_post_seconds: float = 11.0,
         status_ties: str = "later_wins",
+        custom_properties_update: str = "merge",
     ) -> None:
         scopes = {key: frozenset(granted) for key, granted in (api_key_scopes or {}).items()}
         keys = tuple(dict.fromkeys([*api_keys, *scopes]))
@@ -185,7 +186,11 @@ class OmnisendServer:
         self._latency_rng = random.Random(seed + 1)
         self._latency_lock = threading.Lock()
         self._store = Store(
-            keys, seed, tag_history_seconds=segment_stats_lag, status_ties=status_ties
+            keys,
+            seed,
+            tag_history_seconds=segment_stats_lag,
+            status_ties=status_ties,
+            custom_properties_update=custom_properties_update,
         )
         self._faults = FaultBook(seed)
         self._standing = self._standing_faults(slow_segment_posts, slow_segment_post_seconds)

@@ -156,6 +156,8 @@ def email_status(contact: Contact) -> str | None:
 #: Who wins when a status write carries the same `statusChangedAt` as the held status
 #: (Omnisend documents only that an older timestamp leaves the status alone).
 STATUS_TIES = ("later_wins", "held_wins")
+#: Whether `customProperties` in an update merges with the contact's others or replaces them.
+CUSTOM_PROPERTIES_UPDATES = ("merge", "replace")
 
 
 class Store:
@@ -167,9 +169,15 @@ class Store:
         seed: int = 0,
         tag_history_seconds: float = 0.0,
         status_ties: str = "later_wins",
+        custom_properties_update: str = "merge",
     ) -> None:
         if status_ties not in STATUS_TIES:
             raise ValueError(f"status_ties must be one of {STATUS_TIES}")
+        if custom_properties_update not in CUSTOM_PROPERTIES_UPDATES:
+            raise ValueError(f"custom_properties_update must be one of {CUSTOM_PROPERTIES_UPDATES}")
+        #: Omnisend does not document whether `customProperties` in an update merges
+        #: with the contact's other properties or replaces them all: both, by knob.
+        self.custom_properties_update = custom_properties_update
         self.lock = threading.RLock()
         self.status_ties = status_ties
         self.new_id: Callable[..., str] = IdFactory(seed)
@@ -232,6 +240,8 @@ class Store:
                 contact.pop(name, None)
             else:
                 contact[name] = value
+        if self.custom_properties_update == "replace" and write.custom_properties is not None:
+            contact["customProperties"] = {}  # the undocumented other reading: replace all
         props = contact.setdefault("customProperties", {})
         for name, value in (write.custom_properties or {}).items():
             if value is None:
@@ -337,7 +347,7 @@ class Store:
                 wanted = (
                     (tag is None or tag in contact["tags"])
                     and (status is None or email_status(contact) == status)
-                    and (segment is None or matches(segment.condition_groups, contact["tags"]))
+                    and (segment is None or self._member(segment, contact))
                 )
                 if seq >= start and wanted:
                     yield seq, contact
@@ -346,11 +356,15 @@ class Store:
             contact = account.contacts[account.order[seq]]
             if tag is not None and tag not in contact["tags"]:
                 continue
-            if segment is not None and not matches(segment.condition_groups, contact["tags"]):
+            if segment is not None and not self._member(segment, contact):
                 continue
             if status is not None and email_status(contact) != status:
                 continue
             yield seq, contact
+
+    @staticmethod
+    def _member(segment: Any, contact: Contact) -> bool:
+        return matches(segment.condition_groups, contact["tags"], contact.get("customProperties"))
 
     def change_tags(
         self, account: Account, tags: list[str], contact_ids: list[str], *, add: bool
