@@ -169,6 +169,39 @@ def test_mirror_writes_false_to_leavers_through_batches(
     assert segment_members(mode_server, segment["segmentID"]) == set(contacts)
 
 
+def test_mirror_puts_the_property_back_on_a_member_someone_unmarked_in_omnisend(
+    mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Drift repair on the property route: a person sets a present member's property to
+    false in Omnisend; the next complete read writes it back (one batch, no tag call),
+    counted as retagged, and nobody else is written."""
+    prop_config |= {"sync_mode": "mirror", "mirror_confirm_runs": 2}
+    run_ok(prop_config, FULL_20, tmp_path)
+    [segment] = mode_server.segments()
+    unmarked = "member3@example.com"
+    edit = Api(mode_server.url, key=API_KEY).post(
+        "/contacts",
+        json={
+            "identifiers": [{"type": "email", "id": unmarked}],
+            "customProperties": {PROPERTY: False},
+        },
+    )
+    assert edit.status_code in (200, 201), edit.text
+    assert unmarked not in segment_members(mode_server, segment["segmentID"])
+
+    batches_before = requests_seen(mode_server, "POST", "/batches")
+    log = run_ok(prop_config, FULL_20, tmp_path)
+    result = summary(prop_config)["mirror"][f"custom:{PROPERTY}"]
+    assert (result["retagged"], result["removed"], result["staged"]) == (1, 0, 0)
+    assert summary(prop_config)["streams"]["vip"]["unchanged"] == 20
+    assert f"Mirror of property '{PROPERTY}': 1 member(s) missing it in Omnisend got it back" in log
+    assert requests_seen(mode_server, "POST", "/batches") == batches_before + 1
+    assert requests_seen(mode_server, "POST", "/contacts/tags") == 0
+    assert mode_server.contact(unmarked)["customProperties"][PROPERTY] is True
+    members = {f"member{i}@example.com" for i in range(20)}
+    assert segment_members(mode_server, segment["segmentID"]) == members
+
+
 def test_another_tools_custom_property_under_merge_and_replace(
     mode: str, mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -309,7 +342,13 @@ def test_two_streams_writing_one_property_share_its_segment_and_never_unmark_eac
         assert len(members) == 20
     [segment] = server.segments()
     assert segment["name"] == "VIP" and segment_members(server, segment["segmentID"]) == members
-    assert summary(config)["mirror"]["custom:in_vip"] == {"removed": 0, "tagged": 20, "staged": 0}
+    assert summary(config)["mirror"]["custom:in_vip"] == {
+        "removed": 0,
+        "tagged": 20,
+        "staged": 0,
+        "retagged": 0,
+        "held_by_other_pipelines": 0,
+    }
 
 
 def test_on_api_v5_the_property_is_written_without_a_segment(
