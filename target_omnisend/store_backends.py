@@ -252,8 +252,14 @@ class PostgresSchema:
             parsed = parsed.set(password=password)
         self.url: URL = parsed.set(drivername=_pg_driver())
         self.schema = schema
-        self.secrets = tuple(s for s in (parsed.password, password) if s)
-        shown = parsed.render_as_string(hide_password=True)
+        # libpq also takes the password as a query parameter (`?password=…`), which
+        # `hide_password` does not hide: it is masked like the userinfo's.
+        query = parsed.query.get("password")
+        in_query = (query,) if isinstance(query, str) else tuple(query or ())
+        self.secrets = tuple(s for s in (parsed.password, password, *in_query) if s)
+        shown = parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+        if in_query:
+            shown += ("&" if "?" in shown else "?") + "password=***"
         self.display = f"{shown} (schema {schema})"
 
     def insert(self, table: Table) -> Any:

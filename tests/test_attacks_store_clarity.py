@@ -1,0 +1,84 @@
+"""Attacks on the fingerprint store (issue 20) and on the clarity items (issue 21), as a
+data engineer running the target nightly would make them: each one that broke something
+is a test here, beside the fix in the module that owns the behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import REPO, run_target
+from tests.omnisend_server import OmnisendServer
+from tests.store_backends import PASSWORD, Where, where_for
+from tests.test_postgres_e2e import (
+    Cluster,
+    cluster,  # noqa: F401 (the fixture)
+    free_port,
+)
+
+pytestmark = pytest.mark.e2e
+
+DATA = REPO / "tests" / "data_files" / "pipeline"
+STATE = b'{"type": "STATE", "value": {"bookmarks": {"vip": {"done": true}}}}\n'
+
+
+def scenario(name: str) -> bytes:
+    return (DATA / name).read_bytes() + STATE
+
+
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "ERROR" in line]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Where:
+    return where_for(request.param, request, tmp_path)
+
+
+# -- passwords: libpq also takes one in the URL's query string ----------------------------
+
+
+def test_a_password_in_the_store_urls_query_string_is_never_shown(
+    server: OmnisendServer,
+    config: dict[str, Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """`postgresql://user@host/db?password=…` is a libpq URL form users copy from their
+    provider's dashboard: the password must stay out of every line, as in the userinfo."""
+    cluster: Cluster = request.getfixturevalue("cluster")
+    url = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres?password={PASSWORD}"
+    summary = tmp_path / "summary.json"
+    config.update(
+        fingerprint_store_path=url,
+        fingerprint_store_schema="t_query_pw",
+        summary_path=str(summary),
+    )
+    run = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shown = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres?password=***"
+    assert f"Fingerprint store {shown} (schema t_query_pw) is new" in run.stderr
+    assert PASSWORD not in run.output + summary.read_text()
+
+    port = free_port()  # nothing listens there: the error line too
+    config["fingerprint_store_path"] = (
+        f"postgresql://omnisend@127.0.0.1:{port}/x?password={PASSWORD}"
+    )
+    failed = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert failed.returncode == 1
+    (line,) = errors(failed.stderr)
+    assert f"127.0.0.1:{port}" in line
+    assert PASSWORD not in failed.output and "Traceback" not in failed.output
+
+
+def test_the_last_resort_redaction_knows_the_query_string_password_too() -> None:
+    """An unexpected error's final line is redacted with every secret the process may
+    hold (`privacy.secrets_in_use`): the `?password=` form, as written and decoded."""
+    from target_omnisend.privacy import one_line_error, secrets_in_use
+
+    url = "postgresql://omnisend@db.internal/segments?sslmode=require&password=p%40ss-w0rd!"
+    found = secrets_in_use([], {"TARGET_OMNISEND_FINGERPRINT_STORE_PATH": url})
+    line = one_line_error(f"could not reach {url} (p@ss-w0rd!)", found)
+    assert "p%40ss-w0rd!" not in line and "p@ss-w0rd!" not in line
