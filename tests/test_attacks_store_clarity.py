@@ -48,8 +48,8 @@ def test_a_password_in_the_store_urls_query_string_is_never_shown(
 ) -> None:
     """`postgresql://user@host/db?password=…` is a libpq URL form users copy from their
     provider's dashboard: the password must stay out of every line, as in the userinfo."""
-    cluster: Cluster = request.getfixturevalue("cluster")
-    url = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres?password={PASSWORD}"
+    pg: Cluster = request.getfixturevalue("cluster")
+    url = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres?password={PASSWORD}"
     summary = tmp_path / "summary.json"
     config.update(
         fingerprint_store_path=url,
@@ -58,7 +58,7 @@ def test_a_password_in_the_store_urls_query_string_is_never_shown(
     )
     run = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    shown = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres?password=***"
+    shown = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres?password=***"
     assert f"Fingerprint store {shown} (schema t_query_pw) is new" in run.stderr
     assert PASSWORD not in run.output + summary.read_text()
 
