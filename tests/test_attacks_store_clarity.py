@@ -4,6 +4,7 @@ is a test here, beside the fix in the module that owns the behaviour."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,79 @@ def test_the_last_resort_redaction_knows_the_query_string_password_too() -> None
     found = secrets_in_use([], {"TARGET_OMNISEND_FINGERPRINT_STORE_PATH": url})
     line = one_line_error(f"could not reach {url} (p@ss-w0rd!)", found)
     assert "p%40ss-w0rd!" not in line and "p@ss-w0rd!" not in line
+
+
+# -- output paths checked at start: two settings naming one file -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "first", "second"),
+    [
+        # the summary, written last, replaced the three rejected records (exit 0)
+        (
+            {"summary_path": "out.json", "rejected_records_path": "out.json"},
+            "rejected_records_path",
+            "summary_path",
+        ),
+        # the summary replaced the SQLite store: every later run failed to open it
+        (
+            {"summary_path": "store.sqlite", "fingerprint_store_path": "store.sqlite"},
+            "summary_path",
+            "fingerprint_store_path",
+        ),
+        # a dry run's output over the store: the store must not change by one byte
+        (
+            {
+                "dry_run": True,
+                "dry_run_path": "store.sqlite",
+                "fingerprint_store_path": "store.sqlite",
+            },
+            "dry_run_path",
+            "fingerprint_store_path",
+        ),
+        # the rejected file appended to the store's write-ahead log
+        (
+            {
+                "rejected_records_path": "./store.sqlite-wal",
+                "fingerprint_store_path": "store.sqlite",
+            },
+            "rejected_records_path",
+            "fingerprint_store_path",
+        ),
+    ],
+)
+def test_two_settings_naming_one_file_are_refused_at_start(
+    server: OmnisendServer,
+    config: dict[str, Any],
+    tmp_path: Path,
+    settings: dict[str, Any],
+    first: str,
+    second: str,
+) -> None:
+    store = tmp_path / "store.sqlite"
+    config.update(fingerprint_store_path=str(store))
+    night = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert night.returncode == 0, night.stderr[-2000:]
+    before = store.read_bytes()
+    posts = server.count(method="POST")
+
+    config.update(settings)
+    failing = (DATA / "three_members_fail_schema.singer").read_bytes() + STATE
+    run = run_target(config, failing, workdir=tmp_path)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stdout == ""
+    (line,) = errors(run.stderr)
+    assert f"{first} and {second} name the same file" in line
+    assert "Traceback" not in run.output
+    assert server.count(method="POST") == posts  # nothing sent
+    assert store.read_bytes() == before
+    assert not (tmp_path / "out.json").exists()
+
+    # Each its own file: the next run works, and the store still knows everyone.
+    config[first] = "own.json"
+    config.setdefault("summary_path", "summary.json")
+    config.pop("dry_run", None)
+    fixed = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    summary = json.loads((tmp_path / config["summary_path"]).read_text())
+    assert summary["streams"]["vip"]["unchanged"] == 20
