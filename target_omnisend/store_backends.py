@@ -193,8 +193,11 @@ class SqliteFile:
         return memory
 
     def pipeline_lock(self, conn: Connection, key: str) -> PipelineLock:
+        """Beside the file itself, symlinks resolved (as `connect` does): one store
+        reached by two paths is one set of locks."""
         del conn
-        return _FileLock(self.path.parent / f"{self.path.name}.locks" / f"{key}.lock")
+        real = self.path.resolve()
+        return _FileLock(real.parent / f"{real.name}.locks" / f"{key}.lock")
 
 
 class _AdvisoryLock:

@@ -13,11 +13,13 @@ import pytest
 from tests.harness import REPO, run_target
 from tests.omnisend_server import OmnisendServer
 from tests.store_backends import PASSWORD, Where, where_for
+from tests.test_omnisend_server import eventually
 from tests.test_postgres_e2e import (
     Cluster,
     cluster,  # noqa: F401 (the fixture)
     free_port,
 )
+from tests.test_store_runs import _Held
 
 pytestmark = pytest.mark.e2e
 
@@ -159,3 +161,36 @@ def test_two_settings_naming_one_file_are_refused_at_start(
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     summary = json.loads((tmp_path / config["summary_path"]).read_text())
     assert summary["streams"]["vip"]["unchanged"] == 20
+
+
+# -- one SQLite store reached through a symlink ----------------------------------------------
+
+
+def test_two_runs_of_one_pipeline_reaching_one_store_by_two_paths_never_interleave(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A store file shared through a symlink (a volume mounted elsewhere, a path set per
+    host) is one store: the second run of the pipeline must see the first one's lock."""
+    real = tmp_path / "volume" / "fingerprints.sqlite"
+    link = tmp_path / "project" / ".target-omnisend" / "fingerprints.sqlite"
+    real.parent.mkdir(parents=True)
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    config.update(fingerprint_store_lock_timeout=0)
+    first = _Held(
+        {**config, "fingerprint_store_path": str(real)},
+        tmp_path / "first",
+        scenario("full_read_20.singer"),
+    )
+    real_store = Where("sqlite", str(real))
+    assert eventually(real_store.pipeline_locked, timeout=60), first.stderr()[-2000:]
+
+    config["fingerprint_store_path"] = str(link)
+    second = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path / "project")
+    assert second.returncode == 1, second.stderr[-2000:]
+    assert second.stdout == ""
+    (line,) = errors(second.stderr)
+    assert "another run of this pipeline (stream 'vip') is still using the fingerprint" in line
+    done = first.finish()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sum(b["totalCount"] for b in server.batches()) == 20  # the stopped run sent nothing
