@@ -251,6 +251,15 @@ class PostgresSchema:
                 "fingerprint_store_path looks like a PostgreSQL URL but cannot be read; "
                 "expected postgresql://user@host:port/dbname"
             ) from None
+        if "@" in (parsed.host or ""):
+            # An '@' left unencoded in the password (`user:p@ss@host`): the URL reads as
+            # host 'ss@host', and showing it (or the driver's "could not translate host
+            # name") would show the rest of the password.
+            raise StoreUnusable(
+                "fingerprint_store_path's URL has more than one '@' before its host: write "
+                "an '@' in the user name or password as %40, or give the password in "
+                "fingerprint_store_password"
+            )
         if parsed.password is None and password:
             parsed = parsed.set(password=password)
         self.url: URL = parsed.set(drivername=_pg_driver())

@@ -194,3 +194,33 @@ def test_two_runs_of_one_pipeline_reaching_one_store_by_two_paths_never_interlea
     done = first.finish()
     assert done.returncode == 0, done.stderr[-2000:]
     assert sum(b["totalCount"] for b in server.batches()) == 20  # the stopped run sent nothing
+
+
+def test_an_unencoded_at_sign_in_the_store_password_is_refused_without_showing_it(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """`postgresql://omnisend:Hunter2@night@db:5432/segments`: a password with an '@'
+    pasted as is. Read as host 'night@db', the store's name and the driver's "could not
+    translate host name" showed the part of the password after the '@'."""
+    port = free_port()
+    config["fingerprint_store_path"] = (
+        f"postgresql://omnisend:Hunter2@night-owl-do-not-log@127.0.0.1:{port}/segments"
+    )
+    run = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert run.returncode == 1
+    assert run.stdout == ""
+    (line,) = errors(run.stderr)
+    assert "write an '@' in the user name or password as %40" in line
+    assert "night-owl" not in run.output and "Hunter2" not in run.output
+    assert "Traceback" not in run.output
+    assert server.count(method="POST") == 0
+
+    # Written as the line says, the same password works (the cluster trusts any).
+    config["fingerprint_store_path"] = (
+        f"postgresql://omnisend:Hunter2%40night-owl-do-not-log@127.0.0.1:{port}/segments"
+    )
+    encoded = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert encoded.returncode == 1  # nothing listens on that port: a connection error
+    (line,) = errors(encoded.stderr)
+    assert f"postgresql://omnisend:***@127.0.0.1:{port}/segments" in line
+    assert "night-owl" not in encoded.output and "Hunter2" not in encoded.output
