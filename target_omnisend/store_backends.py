@@ -243,7 +243,14 @@ class PostgresSchema:
     chunk = 10_000  # one array parameter, whatever its length
     begin_sql = "BEGIN"
 
-    def __init__(self, url: str, schema: str, password: str | None) -> None:
+    def __init__(
+        self, url: str, schema: str, password: str | None, lock_wait: float = SQLITE_BUSY_TIMEOUT
+    ) -> None:
+        #: PostgreSQL waits for a table lock forever by default: a session someone left
+        #: open in psql would hang every run. Bounded like SQLite's busy timeout, by the
+        #: lock-timeout setting (at least a second: brief row locks of other pipelines
+        #: are normal, and PostgreSQL reads 0 as "wait forever").
+        self.lock_wait_ms = max(int(lock_wait * 1000), 1000)
         try:
             parsed = make_url(url)
         except (ArgumentError, ValueError):
@@ -297,12 +304,13 @@ class PostgresSchema:
                 "keepalives_count": 3,
             },
         )
-        if read_only:
 
-            @event.listens_for(engine, "connect")
-            def _read_only(dbapi_connection: Any, record: Any) -> None:
-                del record
-                with dbapi_connection.cursor() as cursor:
+        @event.listens_for(engine, "connect")
+        def _session(dbapi_connection: Any, record: Any) -> None:
+            del record
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET lock_timeout = {self.lock_wait_ms}")
+                if read_only:
                     cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
 
         conn = engine.connect().execution_options(schema_translate_map={None: self.schema})
@@ -341,9 +349,11 @@ class PostgresSchema:
         return _AdvisoryLock(conn, _int32(self.schema, key))
 
 
-def backend_for(location: str | Path, schema: str, password: str | None) -> Backend:
+def backend_for(
+    location: str | Path, schema: str, password: str | None, lock_wait: float = SQLITE_BUSY_TIMEOUT
+) -> Backend:
     if is_postgres(location):
-        return PostgresSchema(str(location), schema, password)
+        return PostgresSchema(str(location), schema, password, lock_wait)
     if isinstance(location, str) and "://" in location:
         scheme = location.split("://", 1)[0][:40]
         raise StoreUnusable(
@@ -355,7 +365,13 @@ def backend_for(location: str | Path, schema: str, password: str | None) -> Back
 
 def store_failure(backend: Backend, what: str, exc: BaseException) -> StoreError:
     """One line naming the store and what failed, with no password in it."""
-    reason = " ".join(str(getattr(exc, "orig", None) or exc).split()) or type(exc).__name__
+    orig = getattr(exc, "orig", None)
+    reason = " ".join(str(orig or exc).split()) or type(exc).__name__
+    if getattr(orig, "sqlstate", None) == "55P03":  # lock_not_available: lock_timeout hit
+        reason = (
+            "another session holds a lock on its tables longer than "
+            "fingerprint_store_lock_timeout (a transaction left open in psql?)"
+        )
     if len(reason) > 300:
         reason = reason[:300] + "…"
     message = (

@@ -5,6 +5,7 @@ is a test here, beside the fix in the module that owns the behaviour."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,52 @@ def test_an_unencoded_at_sign_in_the_store_password_is_refused_without_showing_i
     (line,) = errors(encoded.stderr)
     assert f"postgresql://omnisend:***@127.0.0.1:{port}/segments" in line
     assert "night-owl" not in encoded.output and "Hunter2" not in encoded.output
+
+
+# -- a lock someone else holds on the store's tables -----------------------------------------
+
+
+def test_a_table_lock_held_in_postgresql_stops_the_run_in_one_line_instead_of_hanging(
+    server: OmnisendServer,
+    config: dict[str, Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """An admin's session left open in psql (a VACUUM FULL, a `BEGIN; DELETE …` never
+    committed) holds a lock on the store's tables. PostgreSQL waits for a lock forever by
+    default: the nightly run hung without a line. SQLite waits a bounded time; so does
+    PostgreSQL now (fingerprint_store_lock_timeout), then one line and exit 1."""
+    where = where_for("postgres", request, tmp_path)
+    assert where.cluster is not None
+    config.update(where.settings(), fingerprint_store_lock_timeout=1)
+    first = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    psql = [
+        *where.cluster.as_user,
+        str(where.cluster.bindir / "psql"),
+        *("-X", "-q", "-t", "-A", "-h", str(where.cluster.root), "-p", str(where.cluster.port)),
+        *("-U", "postgres", "-d", "postgres"),
+    ]
+    admin = subprocess.Popen(psql, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert admin.stdin is not None and admin.stdout is not None
+    try:
+        admin.stdin.write(
+            f"BEGIN; LOCK TABLE {where.table('partitions')} IN ACCESS EXCLUSIVE MODE;\n"
+            "SELECT 'locked';\n"
+        )
+        admin.stdin.flush()
+        assert admin.stdout.readline().strip() == "locked"
+
+        run = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path, timeout=60)
+        assert run.returncode == 1, run.stderr[-2000:]
+        assert run.stdout == ""
+        (line,) = errors(run.stderr)
+        assert "the fingerprint store postgresql://postgres:***@" in line
+        assert "another session holds a lock on its tables longer than" in line
+        assert PASSWORD not in run.output and "Traceback" not in run.output
+    finally:
+        admin.stdin.close()
+        admin.wait(timeout=30)
+    again = run_target(config, scenario("full_read_20.singer"), workdir=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
