@@ -387,7 +387,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         title="Fingerprint store lock timeout",
         description="Seconds a run waits while another run of the same pipeline (same "
         "account, stream and mapping) uses the store; then it stops in one line. 0 = stop at "
-        "once. Runs of different pipelines never wait for each other",
+        "once. Runs of different pipelines never wait for each other. In PostgreSQL it also "
+        "bounds the wait for a table lock another session holds (at least 1 s)",
     ),
     th.Property(
         "full_refresh",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from target_omnisend.errors import ConfigError
 from target_omnisend.settings import Settings
+from target_omnisend.store_backends import is_postgres
 
 
 def output_paths(settings: Settings) -> dict[str, str]:
@@ -59,5 +60,30 @@ def _is_stdout(target: Path) -> bool:
 
 
 def prepare_output_paths(settings: Settings) -> None:
-    for name, path in output_paths(settings).items():
+    paths = output_paths(settings)
+    _refuse_shared_files(paths, settings.fingerprint_store_path)
+    for name, path in paths.items():
         prepare_output_path(name, path)
+
+
+def _refuse_shared_files(paths: dict[str, str], store: str | None) -> None:
+    """Two settings naming one file: the summary, written last, would replace the
+    rejected records (lost), and an output over the SQLite store (or its journal)
+    destroys it, so every later run fails. Refused before anything is read."""
+    named = list(paths.items())
+    if store and not is_postgres(store) and "://" not in store:
+        named += [
+            ("fingerprint_store_path", store + suffix)
+            for suffix in ("", "-wal", "-shm", "-journal")
+        ]
+    seen: dict[str, str] = {}
+    for name, path in named:
+        try:
+            key = os.path.realpath(path)
+        except (OSError, ValueError):  # a NUL in the path: prepare_output_path says so
+            continue
+        if key in seen and seen[key] != name:
+            raise ConfigError(
+                f"{seen[key]} and {name} name the same file ({path!r}): give each its own"
+            )
+        seen.setdefault(key, name)

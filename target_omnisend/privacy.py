@@ -85,8 +85,14 @@ def _store_secrets(config: Mapping[str, object]) -> list[str]:
     url = config.get("fingerprint_store_path")
     if isinstance(url, str) and "://" in url:
         with contextlib.suppress(ValueError):
-            raw = urllib.parse.urlsplit(url).password or ""
+            parts = urllib.parse.urlsplit(url)
+            raw = parts.password or ""
             found += [raw, urllib.parse.unquote(raw)]  # as written, and as the driver sees it
+            # libpq's `?password=…` form: as written, and decoded
+            for pair in parts.query.split("&"):
+                name, _, value = pair.partition("=")
+                if urllib.parse.unquote_plus(name) == "password":
+                    found += [value, urllib.parse.unquote(value), urllib.parse.unquote_plus(value)]
     return [value for value in found if isinstance(value, str) and value]
 
 

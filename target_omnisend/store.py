@@ -310,7 +310,7 @@ class FingerprintStore:
         logger: logging.Logger | None = None,
         run_id: str = "",
     ) -> None:
-        self.backend: Backend = backend_for(path, schema, password)
+        self.backend: Backend = backend_for(path, schema, password, lock_timeout)
         self.display = self.backend.display
         self.scope = scope
         self.config_hash = config_hash

@@ -193,8 +193,11 @@ class SqliteFile:
         return memory
 
     def pipeline_lock(self, conn: Connection, key: str) -> PipelineLock:
+        """Beside the file itself, symlinks resolved (as `connect` does): one store
+        reached by two paths is one set of locks."""
         del conn
-        return _FileLock(self.path.parent / f"{self.path.name}.locks" / f"{key}.lock")
+        real = self.path.resolve()
+        return _FileLock(real.parent / f"{real.name}.locks" / f"{key}.lock")
 
 
 class _AdvisoryLock:
@@ -240,7 +243,14 @@ class PostgresSchema:
     chunk = 10_000  # one array parameter, whatever its length
     begin_sql = "BEGIN"
 
-    def __init__(self, url: str, schema: str, password: str | None) -> None:
+    def __init__(
+        self, url: str, schema: str, password: str | None, lock_wait: float = SQLITE_BUSY_TIMEOUT
+    ) -> None:
+        #: PostgreSQL waits for a table lock forever by default: a session someone left
+        #: open in psql would hang every run. Bounded like SQLite's busy timeout, by the
+        #: lock-timeout setting (at least a second: brief row locks of other pipelines
+        #: are normal, and PostgreSQL reads 0 as "wait forever").
+        self.lock_wait_ms = max(int(lock_wait * 1000), 1000)
         try:
             parsed = make_url(url)
         except (ArgumentError, ValueError):
@@ -248,12 +258,27 @@ class PostgresSchema:
                 "fingerprint_store_path looks like a PostgreSQL URL but cannot be read; "
                 "expected postgresql://user@host:port/dbname"
             ) from None
+        if "@" in (parsed.host or ""):
+            # An '@' left unencoded in the password (`user:p@ss@host`): the URL reads as
+            # host 'ss@host', and showing it (or the driver's "could not translate host
+            # name") would show the rest of the password.
+            raise StoreUnusable(
+                "fingerprint_store_path's URL has more than one '@' before its host: write "
+                "an '@' in the user name or password as %40, or give the password in "
+                "fingerprint_store_password"
+            )
         if parsed.password is None and password:
             parsed = parsed.set(password=password)
         self.url: URL = parsed.set(drivername=_pg_driver())
         self.schema = schema
-        self.secrets = tuple(s for s in (parsed.password, password) if s)
-        shown = parsed.render_as_string(hide_password=True)
+        # libpq also takes the password as a query parameter (`?password=…`), which
+        # `hide_password` does not hide: it is masked like the userinfo's.
+        query = parsed.query.get("password")
+        in_query = (query,) if isinstance(query, str) else tuple(query or ())
+        self.secrets = tuple(s for s in (parsed.password, password, *in_query) if s)
+        shown = parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+        if in_query:
+            shown += ("&" if "?" in shown else "?") + "password=***"
         self.display = f"{shown} (schema {schema})"
 
     def insert(self, table: Table) -> Any:
@@ -279,12 +304,13 @@ class PostgresSchema:
                 "keepalives_count": 3,
             },
         )
-        if read_only:
 
-            @event.listens_for(engine, "connect")
-            def _read_only(dbapi_connection: Any, record: Any) -> None:
-                del record
-                with dbapi_connection.cursor() as cursor:
+        @event.listens_for(engine, "connect")
+        def _session(dbapi_connection: Any, record: Any) -> None:
+            del record
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET lock_timeout = {self.lock_wait_ms}")
+                if read_only:
                     cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
 
         conn = engine.connect().execution_options(schema_translate_map={None: self.schema})
@@ -323,9 +349,11 @@ class PostgresSchema:
         return _AdvisoryLock(conn, _int32(self.schema, key))
 
 
-def backend_for(location: str | Path, schema: str, password: str | None) -> Backend:
+def backend_for(
+    location: str | Path, schema: str, password: str | None, lock_wait: float = SQLITE_BUSY_TIMEOUT
+) -> Backend:
     if is_postgres(location):
-        return PostgresSchema(str(location), schema, password)
+        return PostgresSchema(str(location), schema, password, lock_wait)
     if isinstance(location, str) and "://" in location:
         scheme = location.split("://", 1)[0][:40]
         raise StoreUnusable(
@@ -337,7 +365,13 @@ def backend_for(location: str | Path, schema: str, password: str | None) -> Back
 
 def store_failure(backend: Backend, what: str, exc: BaseException) -> StoreError:
     """One line naming the store and what failed, with no password in it."""
-    reason = " ".join(str(getattr(exc, "orig", None) or exc).split()) or type(exc).__name__
+    orig = getattr(exc, "orig", None)
+    reason = " ".join(str(orig or exc).split()) or type(exc).__name__
+    if getattr(orig, "sqlstate", None) == "55P03":  # lock_not_available: lock_timeout hit
+        reason = (
+            "another session holds a lock on its tables longer than "
+            "fingerprint_store_lock_timeout (a transaction left open in psql?)"
+        )
     if len(reason) > 300:
         reason = reason[:300] + "…"
     message = (
