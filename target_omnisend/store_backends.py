@@ -310,6 +310,11 @@ class PostgresSchema:
             del record
             with dbapi_connection.cursor() as cursor:
                 cursor.execute(f"SET lock_timeout = {self.lock_wait_ms}")
+                # The server's side of the same keepalives: a run whose network was cut
+                # leaves its pipeline lock (a session advisory lock) for about a minute,
+                # not the server's default two hours of "still using the store".
+                for name, value in (("idle", 30), ("interval", 10), ("count", 3)):
+                    cursor.execute(f"SET tcp_keepalives_{name} = {value}")
                 if read_only:
                     cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
 
