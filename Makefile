@@ -43,10 +43,12 @@ install: $(BIN)/target-omnisend
 demo: install
 	@$(BIN)/python scripts/demo.py
 
+# Two workers, one test file each at a time (a file's PostgreSQL cluster and server stay
+# its own): most of a test waits on subprocesses and sockets, so two cores do twice the work.
 test: install $(MELTANO_VENV)/bin/meltano $(TAP_PG_VENV)/bin/tap-postgres
 	MELTANO_BIN=$(abspath $(MELTANO_VENV))/bin/meltano \
 	TAP_POSTGRES_BIN=$(abspath $(TAP_PG_VENV))/bin/tap-postgres \
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
