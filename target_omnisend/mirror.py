@@ -42,6 +42,9 @@ class Members(Protocol):
     def restore(self, emails: list[str]) -> None:
         """Give these members their membership back (mirror's repair of drift)."""
 
+    #: Whether membership rides in the member's own contact body (the property route).
+    in_body: bool
+
 
 @dataclass(frozen=True)
 class MirrorDecision:
@@ -187,6 +190,12 @@ def mirror_tag(
     )
     # Members are members whatever the guards say about leavers: membership goes back on.
     members.restore(retag)
+    if members.in_body and retag:
+        # Their contact in Omnisend is not what their fingerprint says (whoever cleared
+        # the property may have cleared our other fields too: under Omnisend's
+        # undocumented replace semantics, the repair item itself does): the next run
+        # sends them in full rather than skipping them as unchanged.
+        store.forget_tagged(tag, retag)
     result: dict[str, Any] = {
         "removed": 0,
         "tagged": tagged,

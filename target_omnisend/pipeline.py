@@ -588,6 +588,7 @@ class _Members:
         self._listed = listed
         self.sends = writer.sends
         self.label = route.label
+        self.in_body = route.in_body
 
     def listed(self) -> Iterable[str]:
         return self._listed
