@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
+from tests.harness import read_jsonl, stored_email
 from tests.omnisend_server import OmnisendServer
 from tests.test_membership_property import (
     FULL_20,
@@ -75,3 +76,76 @@ def test_drift_repair_on_the_property_route_gives_back_the_exports_own_propertie
     assert props[PROPERTY] is True
     assert props["loyalty_tier"] == tier
     assert touched in segment_members(mode_server, segment["segmentID"])
+
+
+def test_a_dry_run_after_a_real_run_with_drift_and_leavers_changes_no_byte_of_the_store(
+    mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Held: the dry run lists the segment, plans the repair and the removals, writes
+    nothing to Omnisend and leaves the store file byte for byte as it was."""
+    prop_config |= {"sync_mode": "mirror", "mirror_confirm_runs": 1}
+    run_ok(prop_config, FULL_20, tmp_path)
+    unmark = Api(mode_server.url, key=API_KEY).post(
+        "/contacts",
+        json={
+            "identifiers": [{"type": "email", "id": "member3@example.com"}],
+            "customProperties": {PROPERTY: False},
+        },
+    )
+    assert unmark.status_code in (200, 201), unmark.text
+    store = Path(prop_config["fingerprint_store_path"])
+    before = store.read_bytes()
+    requests_before = len(mode_server.request_log())
+    dry = tmp_path / "dry.jsonl"
+    log = run_ok(
+        prop_config | {"dry_run": True, "dry_run_path": str(dry)},
+        DATA / "pipeline" / "full_read_15_of_20.singer",
+        tmp_path,
+    )
+    assert store.read_bytes() == before
+    assert all(e.method == "GET" for e in mode_server.request_log()[requests_before:])
+    items = [
+        item
+        for line in read_jsonl(dry)
+        if line["path"] == "/api/batches"
+        for item in line["body"]["items"]
+    ]
+    planned = {(i["identifiers"][0]["id"], i["customProperties"][PROPERTY]) for i in items}
+    assert ("member3@example.com", True) in planned  # the repair
+    assert {e for e, v in planned if v is False} == {f"member{i}@example.com" for i in range(15, 20)}
+    assert "would get it back" in log and "would lose it" in log
+
+
+def test_two_pipelines_whose_streams_share_a_name_keep_each_others_members_once_aliased(
+    server: OmnisendServer, tmp_path: Path
+) -> None:
+    """Attack: two shops' taps both send a stream named `customers` into one tag and one
+    store (two Meltano jobs). Mirror tells pipelines apart by stream name, so without
+    an alias each job untags the other's members every night (found: 9 and 10 of 20
+    removed, run after run). The README's documented way, a stream map alias per job,
+    keeps both: no member of either shop ever loses the tag."""
+    base = {
+        "api_key": API_KEY,
+        "api_url": server.url,
+        "batch_poll_interval": 0.05,
+        "fingerprint_store_path": str(tmp_path / "store.sqlite"),
+        "summary_path": str(tmp_path / "summary.json"),
+        "custom_properties": {"tier": "loyalty_tier"},
+        "segment_tag": "segment:vip",
+        "segment_name": "",
+        "sync_mode": "mirror",
+        "mirror_confirm_runs": 1,
+    }
+    shop_a = base | {"stream_maps": {"customers": {"__alias__": "customers_a"}}}
+    shop_b = base | {
+        "stream_maps": {"customers": {"__alias__": "customers_b"}},
+        "field_mapping": {"first_name": "first_name"},
+    }
+    a = DATA / "membership" / "same_stream_shop_a.singer"
+    b = DATA / "membership" / "same_stream_shop_b.singer"
+    everyone = {f"member{i}@example.com" for i in range(20)}
+    for config, singer in ((shop_a, a), (shop_b, b), (shop_a, a), (shop_b, b)):
+        run_ok(config, singer, tmp_path)
+        assert summary(config)["mirror"]["segment:vip"]["removed"] == 0
+    tagged = {stored_email(c) for c in server.contacts() if "segment:vip" in c["tags"]}
+    assert tagged == everyone
