@@ -131,8 +131,9 @@ class MirrorRun:
 
 def clear_present(tag: str, present: Container[str], store: FingerprintStore) -> int:
     """A member present again clears its staged removal — in every run, even one whose
-    mirror is refused (an incremental read, a delivery failure, the ratio guard): a
-    later complete read must count its absences from zero."""
+    mirror is refused (an incremental read, a delivery failure, the ratio guard) or
+    fails (Omnisend's listing unavailable): a later complete read must count its
+    absences from zero. The pipeline calls it first, before any read of Omnisend."""
     back = [email for email in store.staged(tag) if member_key(email) in present]
     store.clear_absences(tag, back)
     return len(back)
@@ -202,11 +203,10 @@ def mirror_tag(
         "retagged": len(retag),
         "held_by_other_pipelines": len(theirs),
     }
-    if decision.refused:
-        cleared = clear_present(tag, present, store)
+    if decision.refused:  # present members' stages were cleared before (`clear_present`)
         logger.warning("Mirror of %s removed nothing: %s", members.label, decision.refused)
         _log_restored(logger, members, retag)
-        return {**result, "skipped": decision.refused, "stage_cleared": cleared}
+        return {**result, "skipped": decision.refused}
     # Forget first: if the untag is applied but its answer is lost (the run then fails),
     # a member who comes back must be sent and tagged again, not skipped as unchanged.
     store.forget_tagged(tag, decision.remove)

@@ -418,6 +418,10 @@ class RunPipeline:
                 routes[stream.membership.key] = stream.membership
         for tag, names in by_tag.items():
             route = routes[tag]
+            # Present members clear their stage before anything that may fail (listing
+            # Omnisend's members, removals): a run that ends in an error still counts
+            # as their return, so a later read counts their absences from zero.
+            cleared = clear_present(tag, self._seen[tag], self.store) if self.store else 0
             reason = self._mirror_refusal(names)
             listed = None if reason else route.members(self.writer, lambda t=tag: self._find(t))
             if listed is None and not reason:
@@ -428,7 +432,6 @@ class RunPipeline:
                     "run can then tell who left)"
                 )
             if reason:
-                cleared = clear_present(tag, self._seen[tag], self.store) if self.store else 0
                 self.logger.warning("Mirror of %s removed nothing: %s", route.label, reason)
                 self._mirror_results[tag] = {
                     "removed": 0,
@@ -454,6 +457,8 @@ class RunPipeline:
                 confirm_runs=self.settings.mirror_confirm_runs,
                 logger=self.logger,
             )
+            if "skipped" in self._mirror_results[tag]:
+                self._mirror_results[tag]["stage_cleared"] = cleared
 
     def _plans(self) -> tuple[list[SegmentPlan], list[str]]:
         keys = {n: s.membership.key for n, s in self._streams.items() if s.membership}

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import read_jsonl, stored_email
-from tests.omnisend_server import OmnisendServer
+from tests.harness import read_jsonl, run_target, stored_email
+from tests.omnisend_server import FaultRule, OmnisendServer
 from tests.test_membership_property import (
     FULL_20,
     PROPERTY,
+    lines,
     requests_seen,
     run_ok,
     segment_members,
@@ -149,3 +150,42 @@ def test_two_pipelines_whose_streams_share_a_name_keep_each_others_members_once_
         assert summary(config)["mirror"]["segment:vip"]["removed"] == 0
     tagged = {stored_email(c) for c in server.contacts() if "segment:vip" in c["tags"]}
     assert tagged == everyone
+
+
+def test_a_member_present_in_a_run_whose_mirror_listing_fails_loses_its_stage(
+    server: OmnisendServer, tmp_path: Path
+) -> None:
+    """Attack: members 15-19 are absent from one complete read (staged). The next night
+    they are back, but Omnisend's listing fails at mirror time (503 beyond retries: the
+    run fails, exit 1). Their return must still void the stage: after one more absence
+    they are only staged again, not removed (found: removed, after a single absence
+    since they came back)."""
+    config = {
+        "api_key": API_KEY,
+        "api_url": server.url,
+        "batch_poll_interval": 0.05,
+        "max_retries": 1,
+        "fingerprint_store_path": str(tmp_path / "store.sqlite"),
+        "summary_path": str(tmp_path / "summary.json"),
+        "segment_tag": "segment:vip",
+        "segment_name": "",
+        "sync_mode": "mirror",
+        "mirror_confirm_runs": 2,
+    }
+    full, fifteen = FULL_20, DATA / "pipeline" / "full_read_15_of_20.singer"
+    run_ok(config, full, tmp_path)
+    run_ok(config, fifteen, tmp_path)
+    assert summary(config)["mirror"]["segment:vip"]["staged"] == 5
+
+    # The first GET /contacts (the start-up check) passes; mirror's listing fails.
+    server.add_fault(FaultRule(method="GET", path="/contacts", status=503, after=1))
+    failed = run_target(config, lines(full), workdir=tmp_path)
+    assert failed.returncode == 1 and "GET /contacts" in failed.stderr
+    server.clear_faults()
+
+    log = run_ok(config, fifteen, tmp_path)
+    assert summary(config)["mirror"]["segment:vip"]["removed"] == 0
+    assert summary(config)["mirror"]["segment:vip"]["staged"] == 5
+    assert "0 of 20 member(s) lost it; 5 more absent" in log
+    tagged = {stored_email(c) for c in server.contacts() if "segment:vip" in c["tags"]}
+    assert tagged == {f"member{i}@example.com" for i in range(20)}
