@@ -16,7 +16,6 @@ from tests.test_membership_property import (
     FULL_20,
     PROPERTY,
     lines,
-    requests_seen,
     run_ok,
     segment_members,
     summary,
@@ -113,7 +112,9 @@ def test_a_dry_run_after_a_real_run_with_drift_and_leavers_changes_no_byte_of_th
     ]
     planned = {(i["identifiers"][0]["id"], i["customProperties"][PROPERTY]) for i in items}
     assert ("member3@example.com", True) in planned  # the repair
-    assert {e for e, v in planned if v is False} == {f"member{i}@example.com" for i in range(15, 20)}
+    assert {e for e, v in planned if v is False} == {
+        f"member{i}@example.com" for i in range(15, 20)
+    }
     assert "would get it back" in log and "would lose it" in log
 
 
