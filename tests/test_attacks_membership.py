@@ -190,3 +190,20 @@ def test_a_member_present_in_a_run_whose_mirror_listing_fails_loses_its_stage(
     assert "0 of 20 member(s) lost it; 5 more absent" in log
     tagged = {stored_email(c) for c in server.contacts() if "segment:vip" in c["tags"]}
     assert tagged == {f"member{i}@example.com" for i in range(20)}
+
+
+def test_a_batch_manifest_naming_a_relative_path_ends_the_run_in_one_clear_line(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Attack: a hand-written tap lists `batch_members_4_7.jsonl` rather than a file://
+    URL. Found: "Run failed: ValueError: relative path can't be expressed as a file
+    URI". Now the line says what the manifest needs; no STATE covers the batch."""
+    run = run_target(
+        config, lines(DATA / "membership" / "batch_relative_path.singer"), workdir=tmp_path
+    )
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "Traceback" not in run.stderr
+    assert "line 5 (BATCH)" in errors[0] and "not named by a URL" in errors[0]
+    assert "file:///absolute/path" in errors[0] and "ValueError" not in errors[0]
+    assert all(state["bookmarks"]["vip"]["replication_key_value"] != 7 for state in run.states)
