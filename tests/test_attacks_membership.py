@@ -26,8 +26,14 @@ DATA = Path(__file__).parent / "data_files"
 
 
 @pytest.fixture(params=("merge", "replace"))
-def mode_server(request: pytest.FixtureRequest) -> Any:
-    with OmnisendServer(api_keys=(API_KEY,), custom_properties_update=request.param) as srv:
+def mode(request: pytest.FixtureRequest) -> str:
+    """Omnisend's undocumented `customProperties` update semantics (a server knob)."""
+    return request.param
+
+
+@pytest.fixture
+def mode_server(mode: str) -> Any:
+    with OmnisendServer(api_keys=(API_KEY,), custom_properties_update=mode) as srv:
         yield srv
 
 
@@ -207,3 +213,17 @@ def test_a_batch_manifest_naming_a_relative_path_ends_the_run_in_one_clear_line(
     assert "line 5 (BATCH)" in errors[0] and "not named by a URL" in errors[0]
     assert "file:///absolute/path" in errors[0] and "ValueError" not in errors[0]
     assert all(state["bookmarks"]["vip"]["replication_key_value"] != 7 for state in run.states)
+
+
+def test_a_contact_in_two_property_segments_keeps_both_under_merge_only(
+    mode: str, mode_server: OmnisendServer, prop_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Attack: member0 is in streams a and b, each with its own property
+    (`in_{stream_name}`). Under merge it carries both; under replace, b's write wipes
+    `in_a` and member0 drops out of segment a, which the README now says plainly."""
+    singer = DATA / "membership" / "latest_run1.singer"
+    for _ in range(2):
+        run_ok(prop_config | {"custom_properties": {"tier": "loyalty_tier"}}, singer, tmp_path)
+        props = mode_server.contact("member0@example.com")["customProperties"]
+        assert props["in_b"] is True and props["tier"] == "gold"
+        assert props.get("in_a") is (True if mode == "merge" else None)
