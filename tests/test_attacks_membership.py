@@ -227,3 +227,18 @@ def test_a_contact_in_two_property_segments_keeps_both_under_merge_only(
         props = mode_server.contact("member0@example.com")["customProperties"]
         assert props["in_b"] is True and props["tier"] == "gold"
         assert props.get("in_a") is (True if mode == "merge" else None)
+
+
+def test_one_segment_name_for_two_properties_is_explained_in_the_words_of_the_settings(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Attack: `membership_property: in_{stream_name}` with one fixed `segment_name`.
+    Found: the warning spoke of "tag 'custom:in_a'", a tag nobody configured (the
+    internal key). It now names the properties as the settings do."""
+    config |= {"membership_property": "in_{stream_name}", "segment_name": "VIP"}
+    log = run_ok(config, DATA / "membership" / "latest_run1.singer", tmp_path)
+    [warning] = [line for line in log.splitlines() if "would follow both" in line]
+    assert "property 'in_a' and property 'in_b'" in warning
+    assert "custom:" not in warning and "tag" not in warning.split("|")[-1]
+    [segment] = server.segments()
+    assert segment["name"] == "VIP"
