@@ -4,13 +4,15 @@ CLI, asserting on what Omnisend ends with."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import API_KEY
-from tests.harness import read_jsonl, run_target, stored_email
+from tests.harness import TARGET_BIN, read_jsonl, run_target, stored_email
 from tests.omnisend_server import FaultRule, OmnisendServer
 from tests.test_membership_property import (
     FULL_20,
@@ -20,7 +22,7 @@ from tests.test_membership_property import (
     segment_members,
     summary,
 )
-from tests.test_omnisend_server import Api
+from tests.test_omnisend_server import Api, eventually
 
 DATA = Path(__file__).parent / "data_files"
 
@@ -242,3 +244,45 @@ def test_one_segment_name_for_two_properties_is_explained_in_the_words_of_the_se
     assert "custom:" not in warning and "tag" not in warning.split("|")[-1]
     [segment] = server.segments()
     assert segment["name"] == "VIP"
+
+
+def test_a_run_that_started_first_but_writes_last_never_changes_the_status_of_a_contact(
+    server: OmnisendServer, config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Attack: two pipelines at once. Job A (`email_status: subscribed`) starts, then
+    job B (`nonSubscribed`) starts and creates member0; A reaches member0 only
+    afterwards. Found: A's default status was dated by its earlier start, so newer
+    than B's, and member0 became subscribed without consent. The default status is
+    now dated when its batch goes out: member0 keeps B's status."""
+    singer = lines(DATA / "membership" / "consent_concurrent.singer")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config_a = tmp_path / "a" / "config.json"
+    config_a.write_text(json.dumps(config | {"email_status": "subscribed"}))
+    job_a = subprocess.Popen(
+        [str(TARGET_BIN), "--config", str(config_a)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path / "a",
+    )
+    assert job_a.stdin is not None
+    job_a.stdin.write((singer[0] + "\n").encode())
+    job_a.stdin.flush()
+    # A has started (its settings, dates included, are fixed) once it checked the key.
+    assert eventually(lambda: server.count("GET", "/contacts") >= 1, timeout=30)
+
+    job_b = run_target(config | {"email_status": "nonSubscribed"}, singer, workdir=tmp_path / "b")
+    assert job_b.returncode == 0, job_b.stderr[-2000:]
+    assert status_of(server, "member0@example.com") == "nonSubscribed"
+
+    job_a.stdin.write((singer[1] + "\n").encode())
+    job_a.stdin.close()
+    assert job_a.wait(timeout=120) == 0
+    assert status_of(server, "member0@example.com") == "nonSubscribed"
+
+
+def status_of(server: OmnisendServer, email: str) -> str:
+    contact = server.contact(email)
+    assert contact is not None
+    return str(contact["identifiers"][0]["channels"]["email"]["status"])
