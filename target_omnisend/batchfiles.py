@@ -58,7 +58,13 @@ def batch_records(message: dict[str, Any], where: str) -> Iterator[dict[str, Any
 
 
 def _file_records(url: str, *, gzipped: bool, where: str) -> Iterator[dict[str, Any]]:
-    head, tail = StorageTarget.split_url(url)
+    try:
+        head, tail = StorageTarget.split_url(url)
+    except ValueError as exc:  # e.g. a bare relative path: the SDK needs a URL
+        raise UnreadableBatch(
+            f"{where}: the manifest lists a file that is not named by a URL ({exc}); batch "
+            "files are named by URLs such as file:///absolute/path/batch.jsonl.gz"
+        ) from None
     try:
         with (
             StorageTarget.from_url(head).open(tail, mode="rb") as raw,

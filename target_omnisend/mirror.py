@@ -42,6 +42,9 @@ class Members(Protocol):
     def restore(self, emails: list[str]) -> None:
         """Give these members their membership back (mirror's repair of drift)."""
 
+    #: Whether membership rides in the member's own contact body (the property route).
+    in_body: bool
+
 
 @dataclass(frozen=True)
 class MirrorDecision:
@@ -128,8 +131,9 @@ class MirrorRun:
 
 def clear_present(tag: str, present: Container[str], store: FingerprintStore) -> int:
     """A member present again clears its staged removal — in every run, even one whose
-    mirror is refused (an incremental read, a delivery failure, the ratio guard): a
-    later complete read must count its absences from zero."""
+    mirror is refused (an incremental read, a delivery failure, the ratio guard) or
+    fails (Omnisend's listing unavailable): a later complete read must count its
+    absences from zero. The pipeline calls it first, before any read of Omnisend."""
     back = [email for email in store.staged(tag) if member_key(email) in present]
     store.clear_absences(tag, back)
     return len(back)
@@ -187,17 +191,22 @@ def mirror_tag(
     )
     # Members are members whatever the guards say about leavers: membership goes back on.
     members.restore(retag)
+    if members.in_body and retag:
+        # Their contact in Omnisend is not what their fingerprint says (whoever cleared
+        # the property may have cleared our other fields too: under Omnisend's
+        # undocumented replace semantics, the repair item itself does): the next run
+        # sends them in full rather than skipping them as unchanged.
+        store.forget_tagged(tag, retag)
     result: dict[str, Any] = {
         "removed": 0,
         "tagged": tagged,
         "retagged": len(retag),
         "held_by_other_pipelines": len(theirs),
     }
-    if decision.refused:
-        cleared = clear_present(tag, present, store)
+    if decision.refused:  # present members' stages were cleared before (`clear_present`)
         logger.warning("Mirror of %s removed nothing: %s", members.label, decision.refused)
         _log_restored(logger, members, retag)
-        return {**result, "skipped": decision.refused, "stage_cleared": cleared}
+        return {**result, "skipped": decision.refused}
     # Forget first: if the untag is applied but its answer is lost (the run then fails),
     # a member who comes back must be sent and tagged again, not skipped as unchanged.
     store.forget_tagged(tag, decision.remove)

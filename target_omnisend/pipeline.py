@@ -19,6 +19,7 @@ input and any cancel signal. Its promises:
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import logging
@@ -35,7 +36,13 @@ from target_omnisend.client import OmnisendClient
 from target_omnisend.delivery import DeliveryEngine, Item, OutcomeSink
 from target_omnisend.dryrun import DryRunWriter
 from target_omnisend.email_schema import candidates_text, email_like_fields
-from target_omnisend.mapping import Rejection, get_path, merge_duplicate, normalize_email
+from target_omnisend.mapping import (
+    Rejection,
+    default_status_date,
+    get_path,
+    merge_duplicate,
+    normalize_email,
+)
 from target_omnisend.membership import Membership, route_for_key
 from target_omnisend.mirror import MirrorRun, clear_present, member_key, mirror_tag
 from target_omnisend.outcomes import Outcomes
@@ -337,7 +344,22 @@ class RunPipeline:
         carry = stream.carry
         while len(carry) >= size or (carry and not full_only):
             batch = [carry.pop(email) for email in list(carry)[:size]]
+            self._date_default_status(batch)
             self.writer.submit(batch)
+
+    def _date_default_status(self, batch: list[Item]) -> None:
+        """The default status (`email_status`) is dated when its batch goes out, not when
+        the run started. Its date runs backwards with time (`default_status_date`), so a
+        run that started first but reaches a contact last — two pipelines at once, a
+        long run — would otherwise write a newer date than the run that created the
+        contact meanwhile, and change its status. Fingerprints read either date the same."""
+        run_date = self.settings.mapping.default_status_date
+        now_date = default_status_date(dt.datetime.now(dt.timezone.utc))
+        if now_date == run_date:
+            return
+        for item in batch:
+            if run_date in item.payload:
+                item.payload = item.payload.replace(run_date, now_date)
 
     # -- what the engine reports (OutcomeSink) ----------------------------------------
 
@@ -418,6 +440,10 @@ class RunPipeline:
                 routes[stream.membership.key] = stream.membership
         for tag, names in by_tag.items():
             route = routes[tag]
+            # Present members clear their stage before anything that may fail (listing
+            # Omnisend's members, removals): a run that ends in an error still counts
+            # as their return, so a later read counts their absences from zero.
+            cleared = clear_present(tag, self._seen[tag], self.store) if self.store else 0
             reason = self._mirror_refusal(names)
             listed = None if reason else route.members(self.writer, lambda t=tag: self._find(t))
             if listed is None and not reason:
@@ -428,7 +454,6 @@ class RunPipeline:
                     "run can then tell who left)"
                 )
             if reason:
-                cleared = clear_present(tag, self._seen[tag], self.store) if self.store else 0
                 self.logger.warning("Mirror of %s removed nothing: %s", route.label, reason)
                 self._mirror_results[tag] = {
                     "removed": 0,
@@ -454,6 +479,8 @@ class RunPipeline:
                 confirm_runs=self.settings.mirror_confirm_runs,
                 logger=self.logger,
             )
+            if "skipped" in self._mirror_results[tag]:
+                self._mirror_results[tag]["stage_cleared"] = cleared
 
     def _plans(self) -> tuple[list[SegmentPlan], list[str]]:
         keys = {n: s.membership.key for n, s in self._streams.items() if s.membership}
@@ -588,6 +615,7 @@ class _Members:
         self._listed = listed
         self.sends = writer.sends
         self.label = route.label
+        self.in_body = route.in_body
 
     def listed(self) -> Iterable[str]:
         return self._listed

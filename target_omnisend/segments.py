@@ -107,16 +107,18 @@ def plan_segments(
         others = sorted({names[stream] for stream in named} - {name})
         if others:
             warnings.append(
-                f"Streams {', '.join(streams)} write the same tag '{tag}', so they share one "
-                f"Omnisend segment, named '{name}' (not {', '.join(repr(o) for o in others)}); "
+                f"Streams {', '.join(streams)} write the same {route_for_key(tag).label}, so "
+                f"they share one Omnisend segment, named '{name}' (not "
+                f"{', '.join(repr(o) for o in others)}); "
                 "give them one name in segment_names to choose it"
             )
         taken = plans.get(name)
         if taken is not None:
             warnings.append(
-                f"Omnisend segment '{name}' would follow both tag '{taken.tag}' and tag "
-                f"'{tag}'; it follows '{taken.tag}' only, stream(s) {', '.join(streams)} get "
-                "no segment (use {stream_name} in segment_name, or segment_names)"
+                f"Omnisend segment '{name}' would follow both {route_for_key(taken.tag).label} "
+                f"and {route_for_key(tag).label}; it follows the first only, stream(s) "
+                f"{', '.join(streams)} get no segment (use {{stream_name}} in segment_name, or "
+                "segment_names)"
             )
             continue
         plans[name] = SegmentPlan(name, tag, tuple(streams))

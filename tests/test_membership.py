@@ -22,6 +22,7 @@ import requests
 from tests.conftest import API_KEY
 from tests.harness import TARGET_BIN, read_jsonl, run_target, stored_email
 from tests.omnisend_server import OmnisendServer
+from tests.test_omnisend_server import eventually
 
 DATA = Path(__file__).parent / "data_files" / "membership"
 PIPELINE = Path(__file__).parent / "data_files" / "pipeline"
@@ -60,6 +61,8 @@ def untag_elsewhere(server: OmnisendServer, emails: list[str], tag: str = TAG) -
         timeout=10,
     )
     assert reply.status_code == 202, reply.text
+    # 202: Omnisend (and the local server) apply the untag asynchronously.
+    assert eventually(lambda: not tagged(server, tag) & set(emails), timeout=10)
 
 
 def tag_calls(server: OmnisendServer, method: str = "POST") -> int:
