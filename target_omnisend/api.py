@@ -165,8 +165,10 @@ def is_property_rule(condition_groups: Any, prop: str) -> bool:
 def membership_property_body(email: str, prop: str, value: bool) -> dict[str, Any]:
     """A batch item that sets only a contact's membership property: false takes it out of
     the property segment (mirror's removal), true puts it back (mirror's repair). Nothing
-    else (no `channels`, so the contact's subscription status is not touched)."""
-    return {"identifiers": [{"type": "email", "id": email}], "customProperties": {prop: value}}
+    else (no `channels`, so the contact's subscription status is not touched), and never
+    a welcome message (2026-03-15 sends one by default, were the contact new)."""
+    identifier = {"type": "email", "id": email, "sendWelcomeMessage": False}
+    return {"identifiers": [identifier], "customProperties": {prop: value}}
 
 
 @dataclass(frozen=True)

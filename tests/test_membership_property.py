@@ -244,6 +244,9 @@ def test_dry_run_shows_the_property_the_rule_and_the_removals(
     assert len(marked) == 15
     assert {i["identifiers"][0]["id"] for i in removals} == LEAVERS
     assert all(set(i) == {"identifiers", "customProperties"} for i in removals)
+    # No status (channels) and never a welcome message, were the contact new to Omnisend.
+    assert all(i["identifiers"][0]["sendWelcomeMessage"] is False for i in removals)
+    assert not any("channels" in i["identifiers"][0] for i in removals)
     assert not [p for p in planned if "/contacts/tags" in p["path"]]
     assert "would lose it" in log
     # Nothing was written to Omnisend: only reads.
