@@ -9,8 +9,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import API_KEY
 from tests.harness import TARGET_BIN, read_jsonl, run_target, stored_email
 from tests.omnisend_server import FaultRule, OmnisendServer
@@ -25,32 +23,6 @@ from tests.test_membership_property import (
 from tests.test_omnisend_server import Api, eventually
 
 DATA = Path(__file__).parent / "data_files"
-
-
-@pytest.fixture(params=("merge", "replace"))
-def mode(request: pytest.FixtureRequest) -> str:
-    """Omnisend's undocumented `customProperties` update semantics (a server knob)."""
-    return request.param
-
-
-@pytest.fixture
-def mode_server(mode: str) -> Any:
-    with OmnisendServer(api_keys=(API_KEY,), custom_properties_update=mode) as srv:
-        yield srv
-
-
-@pytest.fixture
-def prop_config(mode_server: OmnisendServer, tmp_path: Path) -> dict[str, Any]:
-    return {
-        "api_key": API_KEY,
-        "api_url": mode_server.url,
-        "rejected_records_path": str(tmp_path / "rejected.jsonl"),
-        "batch_poll_interval": 0.05,
-        "custom_properties": {"loyalty_tier": "loyalty_tier"},
-        "membership_property": "in_{stream_name}",
-        "fingerprint_store_path": str(tmp_path / "store" / "fingerprints.sqlite"),
-        "summary_path": str(tmp_path / "summary.json"),
-    }
 
 
 def test_drift_repair_on_the_property_route_gives_back_the_exports_own_properties(

@@ -26,7 +26,6 @@ FULL_20 = DATA / "pipeline" / "full_read_20.singer"
 FULL_15_OF_20 = DATA / "pipeline" / "full_read_15_of_20.singer"
 PROPERTY = "in_vip"  # membership_property "in_{stream_name}" for the stream "vip"
 LEAVERS = {f"member{i}@example.com" for i in range(15, 20)}
-MODES = ("merge", "replace")
 
 
 def property_rule(name: str) -> list[dict[str, Any]]:
@@ -43,31 +42,6 @@ def property_rule(name: str) -> list[dict[str, Any]]:
 
 def lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def mode_server(mode: str) -> Any:
-    with OmnisendServer(api_keys=(API_KEY,), custom_properties_update=mode) as srv:
-        yield srv
-
-
-@pytest.fixture
-def prop_config(mode_server: OmnisendServer, tmp_path: Path) -> dict[str, Any]:
-    return {
-        "api_key": API_KEY,
-        "api_url": mode_server.url,
-        "rejected_records_path": str(tmp_path / "rejected.jsonl"),
-        "batch_poll_interval": 0.05,
-        "custom_properties": {"loyalty_tier": "loyalty_tier"},
-        "membership_property": "in_{stream_name}",
-        "fingerprint_store_path": str(tmp_path / "store" / "fingerprints.sqlite"),
-        "summary_path": str(tmp_path / "summary.json"),
-    }
 
 
 def run_ok(config: dict[str, Any], singer: Path | list[str], tmp_path: Path) -> str:
