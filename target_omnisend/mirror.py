@@ -100,18 +100,13 @@ def member_key(email: str) -> str:
     return key if isinstance(key, str) else email.strip().lower()
 
 
-def missing_members(
-    members: Iterable[str], tagged: Container[str], tagged_now: Container[str]
-) -> list[str]:
-    """Pure: the run's members (as Omnisend holds them) that do not carry the tag in
-    Omnisend's listing — untagged by a person or another tool since — and were not just
-    tagged by this run (Omnisend applies tag calls asynchronously, so its listing may
-    not show those yet). They get the tag back."""
-    return [
-        email
-        for email in members
-        if member_key(email) not in tagged and member_key(email) not in tagged_now
-    ]
+def is_missing(email: str, listed: Container[str], tagged_now: Container[str]) -> bool:
+    """Pure: a run's member (as Omnisend holds it) whose membership Omnisend's listing
+    lacks — taken off by a person or another tool since — and that this run did not just
+    mark (Omnisend applies tag calls asynchronously, so its listing may not show those
+    yet). It gets its membership back."""
+    key = member_key(email)
+    return key not in listed and key not in tagged_now
 
 
 @dataclass
@@ -185,9 +180,7 @@ def mirror_tag(
     # tag are held, not every present member.
     retag = store.members(
         run.parts,
-        lambda email: (
-            member_key(email) in present and bool(missing_members([email], listed, run.tagged_now))
-        ),
+        lambda email: member_key(email) in present and is_missing(email, listed, run.tagged_now),
     )
     # Members are members whatever the guards say about leavers: membership goes back on.
     members.restore(retag)
